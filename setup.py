@@ -1,0 +1,67 @@
+"""Build the Cython extensions from ext/ unless WS4REDIS_NO_EXTENSIONS is set.
+
+Without a working compiler the build falls back to a pure-Python install and
+says so, so ``pip install`` never fails just because gcc is missing.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+EXTENSIONS = ["mask", "utf8", "frames"]
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() not in ("", "0", "false", "no")
+
+
+class OptionalBuildExt(build_ext):
+    """Compile what can be compiled; warn loudly and carry on without the rest."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any toolchain failure means "no extensions"
+            self._warn(exc)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            self._warn(exc)
+
+    @staticmethod
+    def _warn(exc):
+        sys.stderr.write(
+            "\n*** WARNING: could not compile the ws4redis speedups (%s).\n"
+            "*** ws4redis will use its pure-Python implementation, which is slower.\n\n" % exc
+        )
+
+
+def extensions():
+    if truthy(os.environ.get("WS4REDIS_NO_EXTENSIONS")):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        sys.stderr.write("*** WARNING: Cython is not installed; building ws4redis without speedups.\n")
+        return []
+    modules = [
+        Extension(f"ws4redis._speedups_{name}", [f"ext/{name}.pyx"], extra_compile_args=["-O3"])
+        for name in EXTENSIONS
+    ]
+    return cythonize(
+        modules,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,65 @@
+"""Protocol constants: the single place where opcodes, close codes and limits live.
+
+The Cython modules in ``ext/`` read these values at import time instead of
+restating them, so a change here reaches both implementations.
+"""
+
+from __future__ import annotations
+
+# Opcodes (RFC 6455, section 5.2)
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+DATA_OPCODES = frozenset({OP_CONTINUATION, OP_TEXT, OP_BINARY})
+CONTROL_OPCODES = frozenset({OP_CLOSE, OP_PING, OP_PONG})
+
+# Close codes (RFC 6455, section 7.4.1, and the IANA registry)
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_NO_STATUS = 1005  # never sent on the wire
+CLOSE_ABNORMAL = 1006  # never sent on the wire
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_MANDATORY_EXTENSION = 1010
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_BAD_GATEWAY = 1014
+CLOSE_TLS_HANDSHAKE = 1015  # never sent on the wire
+
+# Codes a peer may put in a close frame: the registered ones that are not
+# reserved for local use, plus the ranges for libraries (3000-3999) and
+# applications (4000-4999).
+SENDABLE_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+)
+CLOSE_CODE_PRIVATE_MIN = 3000
+CLOSE_CODE_PRIVATE_MAX = 4999
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame received from a peer."""
+    return code in SENDABLE_CLOSE_CODES or CLOSE_CODE_PRIVATE_MIN <= code <= CLOSE_CODE_PRIVATE_MAX
+
+
+# Limits
+MAX_CONTROL_PAYLOAD = 125
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, as websockets, daphne and uWSGI
+MAX_FRAME_HEADER = 14  # 2 + 8 (extended length) + 4 (mask)
+
+
+def default_max_fragments(max_message_size: int) -> int:
+    """Fragments allowed per message: enough for any sane sender, bounded for floods."""
+    return max(1024, max_message_size // 256)
+
+
+# Handshake (RFC 6455, section 4)
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WEBSOCKET_VERSION = "13"

