@@ -53,6 +53,7 @@ def is_valid_close_code(code: int) -> bool:
 MAX_CONTROL_PAYLOAD = 125
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, as websockets, daphne and uWSGI
 MAX_FRAME_HEADER = 14  # 2 + 8 (extended length) + 4 (mask)
+MASK_KEY_LENGTH = 4  # RFC 6455, section 5.3
 
 
 def default_max_fragments(max_message_size: int) -> int:
@@ -63,3 +64,16 @@ def default_max_fragments(max_message_size: int) -> int:
 # Handshake (RFC 6455, section 4)
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WEBSOCKET_VERSION = "13"
+
+
+# Defaults of the server settings (ws4redis.settings reads them; see its docstrings)
+DEFAULT_PING_INTERVAL = 20.0  # seconds between server pings; None in settings turns pings off
+DEFAULT_PING_TIMEOUT = 20.0  # seconds to wait for the pong before the peer counts as gone
+DEFAULT_SEND_QUEUE_BYTES = 1 << 20  # bytes queued for one slow client before it is dropped
+DEFAULT_SEND_QUEUE_MESSAGES = 1000  # messages queued for one slow client before it is dropped
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to send its upgrade request
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds given to open websockets to close on shutdown
+DEFAULT_EXPIRE = 3600  # seconds the last message of a channel stays in Redis
+DEFAULT_REDIS_POOL_SIZE = 50  # publishing connections per process; callers wait when all are busy
+DEFAULT_REDIS_POOL_TIMEOUT = 20.0  # seconds to wait for a free publishing connection
+DJANGO_DEBUG_ALLOWED_HOSTS = (".localhost", "127.0.0.1", "[::1]")  # Django's hosts for DEBUG without ALLOWED_HOSTS
