@@ -1,0 +1,298 @@
+"""The sans-I/O websocket connection: frames in, messages and replies out.
+
+:class:`WebSocketProtocol` sits on top of the frame layer (through the
+``ws4redis.speedups`` facade, so it runs compiled when it can). It reassembles
+fragmented messages, answers pings, runs the close handshake and turns a
+protocol violation into the right close frame. It never touches a socket:
+adapters feed it received bytes with :meth:`~WebSocketProtocol.receive_data`
+and write out whatever :meth:`~WebSocketProtocol.data_to_send` returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from dataclasses import dataclass
+
+from ws4redis import constants
+from ws4redis.exceptions import ConnectionClosed, ProtocolError
+from ws4redis.speedups import FrameParser, encode_frame, validate_utf8
+
+__all__ = [
+    "CloseReceived",
+    "Event",
+    "Message",
+    "Ping",
+    "Pong",
+    "ProtocolViolation",
+    "State",
+    "WebSocketProtocol",
+    "frame_message",
+]
+
+_CLOSE_CODE = struct.Struct("!H")
+# A close frame is a control frame: 2 bytes of code leave 123 for the reason.
+_MAX_CLOSE_REASON = constants.MAX_CONTROL_PAYLOAD - _CLOSE_CODE.size
+
+
+class State(enum.Enum):
+    """Connection states of RFC 6455, section 4 and 7."""
+
+    CONNECTING = "connecting"  # the HTTP upgrade has not completed yet
+    OPEN = "open"
+    CLOSING = "closing"  # we sent a close frame and wait for the peer's
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A complete (reassembled) data message."""
+
+    data: bytes
+    binary: bool
+
+    @property
+    def text(self) -> str:
+        """The message as text; the parser has already proven it is UTF-8."""
+        if self.binary:
+            raise TypeError("a binary message has no text; use .data")
+        return self.data.decode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The peer pinged; the matching pong has already been queued."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The peer answered a ping (or sent an unsolicited heartbeat pong)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    """The peer sent a close frame; ``code`` is 1005 when it carried no status."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The peer broke the protocol; a close frame with ``error.close_code`` is queued."""
+
+    error: ProtocolError
+
+
+Event = Message | Ping | Pong | CloseReceived | ProtocolViolation
+
+
+def _utf8(data: str | bytes | bytearray | memoryview, what: str) -> bytes:
+    """``data`` as UTF-8 bytes, refusing bytes that are not UTF-8 (a peer would fail us with 1007)."""
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if not validate_utf8(data):
+        raise ValueError(f"{what} must be valid UTF-8; send it as binary instead")
+    return bytes(data)
+
+
+def frame_message(data: str | bytes | bytearray | memoryview, binary: bool = False) -> bytes:
+    """One server-side (unmasked) frame carrying ``data``.
+
+    A server broadcasting one message to many clients frames it once with this
+    and writes the same bytes to every socket.
+    """
+    if binary:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        return encode_frame(constants.OP_BINARY, data)
+    return encode_frame(constants.OP_TEXT, _utf8(data, "a text message"))
+
+
+def _close_payload(code: int, reason: str) -> bytes:
+    encoded = reason.encode("utf-8")
+    if len(encoded) > _MAX_CLOSE_REASON:
+        raise ValueError(f"a close reason is at most {_MAX_CLOSE_REASON} bytes of UTF-8")
+    return _CLOSE_CODE.pack(code) + encoded
+
+
+def _short_reason(error: ProtocolError) -> str:
+    """The error message cut to fit a close frame, on a character boundary."""
+    encoded = str(error).encode("utf-8")[:_MAX_CLOSE_REASON]
+    return encoded.decode("utf-8", "ignore")
+
+
+class WebSocketProtocol:
+    """One websocket connection after the handshake, as a state machine.
+
+    Server side by default: input must be masked, output is not. With
+    ``client=True`` it is the other way round and every outgoing frame is
+    masked with a fresh ``os.urandom`` key (RFC 6455, section 5.3).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool = False,
+        max_message_size: int = constants.DEFAULT_MAX_MESSAGE_SIZE,
+        max_fragments: int | None = None,
+    ) -> None:
+        self.client = client
+        self.state = State.OPEN
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self.error: ProtocolError | None = None
+        self._parser = FrameParser(
+            max_message_size=max_message_size,
+            require_mask=not client,
+            max_fragments=max_fragments,
+            validate_utf8=True,
+        )
+        self._outgoing: list[bytes] = []
+        self._fragments: list[bytes] = []
+        self._fragmented_binary = False
+
+    # --- input ------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Feed bytes read from the peer; return the events they complete, in order.
+
+        Input after the connection is closed (or failed) is ignored.
+        """
+        if self.state is State.CLOSED or self.error is not None:
+            return []
+        try:
+            frames = self._parser.feed(data)
+        except ProtocolError as error:
+            events = self._handle_frames(error.frames)
+            if self.state is not State.CLOSED:
+                self._fail(error)
+                events.append(ProtocolViolation(error))
+            return events
+        return self._handle_frames(frames)
+
+    def receive_eof(self) -> None:
+        """The peer closed the TCP stream; without a close handshake that is 1006."""
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSED
+            if self.close_code is None:
+                self.close_code = constants.CLOSE_ABNORMAL
+
+    def _handle_frames(self, frames: list) -> list[Event]:
+        events: list[Event] = []
+        for frame in frames:
+            if self.state is State.CLOSED:
+                break  # section 5.5.1: nothing after a close frame counts
+            opcode = frame.opcode
+            if opcode == constants.OP_TEXT or opcode == constants.OP_BINARY:
+                if frame.fin:
+                    events.append(Message(frame.payload, opcode == constants.OP_BINARY))
+                else:
+                    self._fragments = [frame.payload]
+                    self._fragmented_binary = opcode == constants.OP_BINARY
+            elif opcode == constants.OP_CONTINUATION:
+                self._fragments.append(frame.payload)
+                if frame.fin:
+                    events.append(Message(b"".join(self._fragments), self._fragmented_binary))
+                    self._fragments = []
+            elif opcode == constants.OP_PING:
+                # Section 5.5.2: answer with a pong carrying the same payload.
+                if self.state is State.OPEN:
+                    self._send_frame(constants.OP_PONG, frame.payload)
+                events.append(Ping(frame.payload))
+            elif opcode == constants.OP_PONG:
+                events.append(Pong(frame.payload))
+            else:
+                events.append(self._receive_close(frame.payload))
+        return events
+
+    def _receive_close(self, payload: bytes) -> CloseReceived:
+        if payload:
+            code = _CLOSE_CODE.unpack_from(payload)[0]
+            reason = payload[_CLOSE_CODE.size :].decode("utf-8")
+        else:
+            code, reason = constants.CLOSE_NO_STATUS, ""
+        if self.state is State.OPEN:
+            # Section 5.5.1: echo the status code back once; 1005 means "none"
+            # and must not go on the wire, so answer a bare close with 1000.
+            echoed = constants.CLOSE_NORMAL if code == constants.CLOSE_NO_STATUS else code
+            self._send_frame(constants.OP_CLOSE, _CLOSE_CODE.pack(echoed))
+        self.state = State.CLOSED
+        self.close_code = code
+        self.close_reason = reason
+        self._fragments = []
+        return CloseReceived(code, reason)
+
+    def _fail(self, error: ProtocolError) -> None:
+        """Section 7.1.7: fail the connection, telling the peer why when we still may."""
+        self.error = error
+        if self.state is State.OPEN:
+            self._send_frame(constants.OP_CLOSE, _close_payload(error.close_code, _short_reason(error)))
+        self.state = State.CLOSED
+        self.close_code = error.close_code
+        self.close_reason = str(error)
+        self._fragments = []
+
+    # --- output -----------------------------------------------------------
+
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
+        mask_key = os.urandom(4) if self.client else None
+        self._outgoing.append(encode_frame(opcode, payload, mask_key=mask_key))
+
+    def _ensure_open(self) -> None:
+        if self.state is not State.OPEN:
+            code = constants.CLOSE_ABNORMAL if self.close_code is None else self.close_code
+            raise ConnectionClosed(code, self.close_reason)
+
+    def send_message(self, data: str | bytes | bytearray | memoryview, binary: bool = False) -> None:
+        """Queue a message: text (str, or bytes that are UTF-8) or binary."""
+        self._ensure_open()
+        if binary:
+            payload = data.encode("utf-8") if isinstance(data, str) else data
+            self._send_frame(constants.OP_BINARY, payload)
+        else:
+            self._send_frame(constants.OP_TEXT, _utf8(data, "a text message"))
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Queue a ping; the peer's pong arrives as a :class:`Pong` event."""
+        self._ensure_open()
+        self._send_frame(constants.OP_PING, self._control_payload(payload))
+
+    def send_pong(self, payload: bytes = b"") -> None:
+        """Queue an unsolicited pong (a one-way heartbeat, section 5.5.3)."""
+        self._ensure_open()
+        self._send_frame(constants.OP_PONG, self._control_payload(payload))
+
+    @staticmethod
+    def _control_payload(payload: bytes) -> bytes:
+        if len(payload) > constants.MAX_CONTROL_PAYLOAD:
+            raise ValueError(f"a control frame payload is at most {constants.MAX_CONTROL_PAYLOAD} bytes")
+        return bytes(payload)
+
+    def send_close(self, code: int = constants.CLOSE_NORMAL, reason: str = "") -> None:
+        """Start the close handshake; the peer's close frame completes it.
+
+        Does nothing once a close has been sent or received: a connection is
+        closed only once.
+        """
+        if self.state is not State.OPEN:
+            return
+        if not constants.is_valid_close_code(code):
+            raise ValueError(f"{code} is not a close code that may be sent")
+        self._send_frame(constants.OP_CLOSE, _close_payload(code, reason))
+        self.state = State.CLOSING
+        self.close_code = code
+        self.close_reason = reason
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call (b"" when nothing)."""
+        if not self._outgoing:
+            return b""
+        data = b"".join(self._outgoing)
+        self._outgoing = []
+        return data
