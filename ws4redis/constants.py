@@ -64,6 +64,11 @@ def default_max_fragments(max_message_size: int) -> int:
 # Handshake (RFC 6455, section 4)
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WEBSOCKET_VERSION = "13"
+# Limits of a raw HTTP request head (servers that parse HTTP themselves):
+# beyond them the request is refused with 431 (or 414 for an endless request
+# line) instead of being buffered.
+MAX_REQUEST_HEAD_SIZE = 8192  # bytes, request line and headers included
+MAX_REQUEST_HEADERS = 128
 
 
 # Defaults of the server settings (ws4redis.settings reads them; see its docstrings)
