@@ -3,22 +3,56 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 
 import pytest
 
 from ws4redis.embedded_redis import EmbeddedRedis, RedisUnavailable
 
+_suite_redis: dict = {}
+
+
+def pytest_configure(config):
+    """Start the suite's redis-server before test modules import, and point Django at it.
+
+    pytest-django imports the settings before this file runs, so the Redis
+    settings of the test project are re-pointed here; server subprocesses get
+    the URL through WS4REDIS_TEST_REDIS_URL.
+    """
+    try:
+        server = EmbeddedRedis().start()
+    except RedisUnavailable as exc:
+        _suite_redis["error"] = exc
+        return
+    _suite_redis["server"] = server
+    os.environ["WS4REDIS_TEST_REDIS_URL"] = server.url
+    from django.conf import settings
+
+    if settings.configured:
+        from tests.project.settings import redis_settings
+
+        for name, value in redis_settings(server.url).items():
+            setattr(settings, name, value)
+
+
+def pytest_unconfigure(config):
+    server = _suite_redis.pop("server", None)
+    if server is not None:
+        server.stop()
+    project_settings = sys.modules.get("tests.project.settings")
+    if project_settings is not None and project_settings.DB_DIR_CREATED:
+        shutil.rmtree(project_settings.DB_DIR, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def redis_server():
     """A real redis-server for the whole session; fails loudly when none can be started."""
-    try:
-        server = EmbeddedRedis().start()
-    except RedisUnavailable as exc:
-        pytest.fail(f"the test suite needs a redis-server: {exc}", pytrace=False)
+    if "server" not in _suite_redis:
+        pytest.fail(f"the test suite needs a redis-server: {_suite_redis.get('error')}", pytrace=False)
+    server = _suite_redis["server"]
     os.environ["WS4REDIS_TEST_REDIS_URL"] = server.url
-    yield server
-    server.stop()
+    return server
 
 
 @pytest.fixture

@@ -1,0 +1,3 @@
+"""URLs of the test project; server tests add their views here."""
+
+urlpatterns: list = []

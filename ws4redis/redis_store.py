@@ -1,0 +1,278 @@
+"""Messages, channel names and publishing: what travels through Redis and where.
+
+Key layout (identical to django-websocket-redis 0.6.0, so both can share a
+Redis during a migration); ``<prefix>:`` is absent when WS4REDIS_PREFIX is unset::
+
+    <prefix>:broadcast:<facility>
+    <prefix>:group:<group name>:<facility>
+    <prefix>:user:<username>:<facility>
+    <prefix>:session:<session key>:<facility>
+
+Each name is used twice: as the pub/sub channel, and as a plain string key
+holding the LAST message published on it for WS4REDIS_EXPIRE seconds. Only
+that one message is kept, never a history: a client connecting later
+receives the most recent message of each of its channels, then live traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from ws4redis import settings as private_settings
+
+logger = logging.getLogger("ws4redis")
+
+SESSION_GROUPS_KEY = "ws4redis:memberof"
+
+
+class _SelfType:
+    """Type of ``SELF``: stands for the requesting user, their groups or their session."""
+
+    _instance: _SelfType | None = None
+
+    def __new__(cls) -> _SelfType:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "SELF"
+
+    def __reduce__(self) -> str:
+        return "SELF"
+
+
+SELF = _SelfType()
+"""Put into ``users``, ``groups`` or ``sessions`` to address whoever made the request."""
+
+
+def get_prefix() -> str:
+    """``'<WS4REDIS_PREFIX>:'``, or ``''`` when no prefix is configured."""
+    prefix = private_settings.WS4REDIS_PREFIX
+    return f"{prefix}:" if prefix else ""
+
+
+def is_authenticated(request: Any) -> bool:
+    """Whether ``request`` carries a logged-in user (servers may set ``request.user = None``)."""
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated)
+
+
+def session_key(request: Any) -> str | None:
+    """The session key of ``request``, or None when it has no session."""
+    session = getattr(request, "session", None)
+    return session.session_key if session is not None else None
+
+
+def session_groups(request: Any) -> list[str]:
+    """Group names stored in the session at login by ``ws4redis.models`` (no database query)."""
+    session = getattr(request, "session", None)
+    if session is None:
+        return []
+    return list(session.get(SESSION_GROUPS_KEY, []))
+
+
+def _heartbeat_bytes() -> bytes | None:
+    heartbeat = private_settings.WS4REDIS_HEARTBEAT
+    return heartbeat.encode() if heartbeat else None
+
+
+class RedisMessage(bytes):
+    """A message on its way to or from Redis: bytes, or None for things that are not messages.
+
+    ``RedisMessage(value)`` returns ``None`` (not an instance) for the
+    heartbeat string and for pub/sub replies other than a published message
+    (subscribe confirmations and the like), exactly like 0.6.0, so callers can
+    write ``msg = RedisMessage(x); if msg: ...``.
+    """
+
+    def __new__(cls, value: Any) -> RedisMessage | None:  # type: ignore[misc]
+        if isinstance(value, str):
+            data = value.encode("utf-8")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+        elif isinstance(value, (list, tuple)):
+            return cls._from_reply(value)
+        else:
+            raise TypeError(f"RedisMessage needs str, bytes or a pub/sub reply, got {type(value).__name__}")
+        if data and data == _heartbeat_bytes():
+            return None
+        return super().__new__(cls, data)
+
+    @classmethod
+    def _from_reply(cls, reply: list | tuple) -> RedisMessage | None:
+        """The payload of a ``message``/``pmessage`` pub/sub reply, None for any other reply."""
+        kind = reply[0] if reply else None
+        if isinstance(kind, str):
+            kind = kind.encode()
+        if kind == b"message" and len(reply) >= 3:
+            return cls(reply[2])
+        if kind == b"pmessage" and len(reply) >= 4:
+            return cls(reply[3])
+        return None
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _audience_list(name: str, value: Any, request: Any, self_attribute: str) -> list:
+    """Normalise a 0.6.0 audience argument (list, tuple, set, True, a single str) into a list."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    if value is True:
+        warnings.warn(f"{name}=True is deprecated: use {name}=[SELF]", DeprecationWarning, stacklevel=4)
+        return [SELF]
+    if isinstance(value, str):
+        warnings.warn(f"wrap the single {self_attribute} in a list: {name}=[{value!r}]",
+                      DeprecationWarning, stacklevel=4)
+        return [value]
+    if value is False or value is None:
+        return []
+    raise ValueError(f"argument {name!r} must be a list or tuple, got {value!r}")
+
+
+def _resolve_users(users: list, request: Any) -> list[str]:
+    result = []
+    for user in users:
+        if user is SELF:
+            if is_authenticated(request):
+                result.append(request.user.get_username())
+            else:
+                logger.warning("ws4redis: users=[SELF] for an anonymous request: no user channel is used")
+        else:
+            result.append(str(user))
+    return result
+
+
+def _resolve_groups(groups: list, request: Any) -> list[str]:
+    result = []
+    for group in groups:
+        if group is SELF:
+            if is_authenticated(request):
+                result.extend(session_groups(request))
+            else:
+                logger.warning("ws4redis: groups=[SELF] for an anonymous request: no group channel is used")
+        else:
+            result.append(str(group))
+    return result
+
+
+def _resolve_sessions(sessions: list, request: Any) -> list[str]:
+    result = []
+    for session in sessions:
+        if session is SELF:
+            key = session_key(request)
+            if key:
+                result.append(key)
+            else:
+                logger.warning("ws4redis: sessions=[SELF] for a request without session: no session channel")
+        else:
+            result.append(str(session))
+    return result
+
+
+def channel_names(
+    facility: str,
+    broadcast: bool = False,
+    groups: Iterable[str] = (),
+    users: Iterable[str] = (),
+    sessions: Iterable[str] = (),
+) -> list[str]:
+    """The Redis names for already resolved audiences, in 0.6.0's order, without duplicates."""
+    prefix = get_prefix()
+    names = []
+    if broadcast:
+        names.append(f"{prefix}broadcast:{facility}")
+    names.extend(f"{prefix}group:{group}:{facility}" for group in groups)
+    names.extend(f"{prefix}user:{user}:{facility}" for user in users)
+    names.extend(f"{prefix}session:{key}:{facility}" for key in sessions)
+    return _unique(names)
+
+
+class RedisStore:
+    """Publishes to the channels in ``self._publishers`` and persists the last message of each."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._publishers: set[str] = set()
+
+    @staticmethod
+    def get_prefix() -> str:
+        return get_prefix()
+
+    @staticmethod
+    def _as_message(message: Any) -> RedisMessage:
+        if not isinstance(message, RedisMessage):
+            if not isinstance(message, (str, bytes, bytearray, memoryview)):
+                kind = type(message).__name__
+                raise ValueError(f"message must be a RedisMessage, str or bytes, got {kind}")
+            converted = RedisMessage(message)
+            if converted is None:
+                raise ValueError("refusing to publish the heartbeat string WS4REDIS_HEARTBEAT as a message")
+            message = converted
+        return message
+
+    @staticmethod
+    def _expire(expire: int | None) -> int:
+        return private_settings.WS4REDIS_EXPIRE if expire is None else expire
+
+    def publish_message(self, message: Any, expire: int | None = None) -> int:
+        """Publish ``message`` on every channel of this store; return how many subscribers got it.
+
+        With ``expire`` > 0 (default WS4REDIS_EXPIRE) the message is also kept
+        under the channel's key for that many seconds, replacing the previous
+        one. The key is written BEFORE publishing: a client that subscribes
+        meanwhile may see the message twice (persisted and live), never zero times.
+        """
+        message = self._as_message(message)
+        expire = self._expire(expire)
+        receivers = 0
+        for channel in sorted(self._publishers):
+            if expire > 0:
+                self._connection.set(channel, message, ex=expire)
+            receivers += self._connection.publish(channel, message)
+        return receivers
+
+    def pipeline_publish_message(
+        self, message: Any, expire: int | None = None, transaction: bool = True
+    ) -> int:
+        """``publish_message`` in one round trip (MULTI/EXEC when ``transaction``)."""
+        message = self._as_message(message)
+        expire = self._expire(expire)
+        if not self._publishers:
+            return 0
+        pipe = self._connection.pipeline(transaction=transaction)
+        publishes = []
+        for channel in sorted(self._publishers):
+            if expire > 0:
+                pipe.set(channel, message, ex=expire)
+            publishes.append(len(pipe))
+            pipe.publish(channel, message)
+        results = pipe.execute()
+        return sum(results[index] for index in publishes)
+
+    def _get_message_channels(
+        self,
+        request: Any = None,
+        facility: str = "{facility}",
+        broadcast: bool = False,
+        groups: Any = (),
+        users: Any = (),
+        sessions: Any = (),
+    ) -> list[str]:
+        """The channel names for an audience, with ``SELF`` resolved from ``request``.
+
+        ``SELF`` stands for the logged-in user (users), the groups stored in the
+        session at login (groups) or the session key (sessions); where the
+        request cannot supply it, it is dropped with a warning in the log.
+        """
+        groups = _resolve_groups(_audience_list("groups", groups, request, "group"), request)
+        users = _resolve_users(_audience_list("users", users, request, "user"), request)
+        sessions = _resolve_sessions(_audience_list("sessions", sessions, request, "session key"), request)
+        return channel_names(
+            facility, broadcast=broadcast is True, groups=groups, users=users, sessions=sessions
+        )

@@ -1,0 +1,282 @@
+"""The ws4redis settings, read lazily from ``django.conf.settings``.
+
+``from ws4redis import settings as private_settings`` followed by
+``private_settings.WS4REDIS_EXPIRE`` works as in django-websocket-redis 0.6.0,
+but every attribute is looked up in Django's settings at access time (module
+``__getattr__``), so ``override_settings`` and settings changed after import
+are honoured.
+
+``validate_settings()`` checks every value and raises ``ImproperlyConfigured``
+naming the setting and the bad value; ``ws4redis.apps`` runs it at start-up
+and the servers run it again before they accept connections.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.http.request import validate_host
+from django.utils.module_loading import import_string
+
+from ws4redis import constants
+
+DEFAULTS: dict[str, Any] = {
+    # URL path under which websockets are served; the rest of the path is the facility.
+    "WEBSOCKET_URL": "/ws/",
+    # Host put into WEBSOCKET_URI by the context processor; None uses the request's host.
+    "WEBSOCKET_HOST": None,
+    # redis-py connection options: host/port/db/password, unix_socket_path, ssl + ssl_*,
+    # or a 'url' (redis://, rediss://, unix://); extra keys go to redis-py as they are.
+    "WS4REDIS_CONNECTION": {"host": "localhost", "port": 6379, "db": 0, "password": None},
+    # Seconds the LAST message of each channel is kept in Redis for late joiners; 0: not kept.
+    "WS4REDIS_EXPIRE": constants.DEFAULT_EXPIRE,
+    # Prefix of every Redis key and channel, to share a Redis database with other services.
+    "WS4REDIS_PREFIX": None,
+    # Dotted path of the subscriber class used by the servers.
+    "WS4REDIS_SUBSCRIBER": "ws4redis.subscriber.RedisSubscriber",
+    # Magic message ignored by server and client; when set the server sends it periodically.
+    "WS4REDIS_HEARTBEAT": None,
+    # Callable (or dotted path) f(request, channels) -> allowed channels, may raise PermissionDenied.
+    "WS4REDIS_ALLOWED_CHANNELS": None,
+    # Callable (or dotted path) f(request) replacing the server's session/user lookup.
+    "WS4REDIS_PROCESS_REQUEST": None,
+    # Largest message (after reassembling fragments) accepted from a client, in bytes.
+    "WS4REDIS_MAX_MESSAGE_SIZE": constants.DEFAULT_MAX_MESSAGE_SIZE,
+    # Fragments allowed per message; None derives it from WS4REDIS_MAX_MESSAGE_SIZE.
+    "WS4REDIS_MAX_FRAGMENTS": None,
+    # Origins allowed to open websockets: '*', or a list of ALLOWED_HOSTS-style host patterns
+    # and/or full origins ('https://example.com'); None derives it from ALLOWED_HOSTS.
+    "WS4REDIS_ALLOWED_ORIGINS": None,
+    # Seconds between server pings (None: no pings) and seconds to wait for the pong.
+    "WS4REDIS_PING_INTERVAL": constants.DEFAULT_PING_INTERVAL,
+    "WS4REDIS_PING_TIMEOUT": constants.DEFAULT_PING_TIMEOUT,
+    # Per-client send queue bounds; a client that falls further behind is disconnected.
+    "WS4REDIS_SEND_QUEUE_BYTES": constants.DEFAULT_SEND_QUEUE_BYTES,
+    "WS4REDIS_SEND_QUEUE_MESSAGES": constants.DEFAULT_SEND_QUEUE_MESSAGES,
+    # Seconds a client may take to complete the opening handshake.
+    "WS4REDIS_HANDSHAKE_TIMEOUT": constants.DEFAULT_HANDSHAKE_TIMEOUT,
+    # Seconds open websockets get to close cleanly when the server stops.
+    "WS4REDIS_SHUTDOWN_TIMEOUT": constants.DEFAULT_SHUTDOWN_TIMEOUT,
+}
+
+__all__ = [*DEFAULTS, "allowed_origins", "max_fragments", "origin_allowed", "resolve_callable",
+           "subscriber_class", "validate_settings"]
+
+
+def __getattr__(name: str) -> Any:
+    """Look ``name`` up in Django's settings at every access, falling back to its default."""
+    if name in DEFAULTS:
+        # A copy, so that callers mutating a default dict cannot change it for everyone.
+        return getattr(django_settings, name, copy.copy(DEFAULTS[name]))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(DEFAULTS))
+
+
+def get(name: str) -> Any:
+    """The current value of the ws4redis setting ``name``."""
+    return __getattr__(name)
+
+
+# Derived values ---------------------------------------------------------------------------------
+
+
+def max_fragments() -> int:
+    """WS4REDIS_MAX_FRAGMENTS, or the bound derived from WS4REDIS_MAX_MESSAGE_SIZE."""
+    value = get("WS4REDIS_MAX_FRAGMENTS")
+    if value is None:
+        return constants.default_max_fragments(get("WS4REDIS_MAX_MESSAGE_SIZE"))
+    return value
+
+
+def allowed_origins() -> tuple[str, ...] | None:
+    """The origin patterns allowed to connect; ``None`` means every origin.
+
+    When WS4REDIS_ALLOWED_ORIGINS is unset, the hosts of ALLOWED_HOSTS are used,
+    so a page served by this Django site may connect and foreign pages may not.
+    With an empty ALLOWED_HOSTS and DEBUG on, Django's own development defaults
+    (localhost, 127.0.0.1, [::1]) apply, as they do for HTTP requests.
+    """
+    value = get("WS4REDIS_ALLOWED_ORIGINS")
+    if value is None:
+        value = list(getattr(django_settings, "ALLOWED_HOSTS", []))
+        if not value and getattr(django_settings, "DEBUG", False):
+            value = list(constants.DJANGO_DEBUG_ALLOWED_HOSTS)
+    if value == "*" or "*" in value:
+        return None
+    return tuple(pattern.lower().rstrip("/") for pattern in value)
+
+
+def origin_allowed(origin: str | None) -> bool:
+    """Whether a handshake carrying this ``Origin`` header may proceed.
+
+    A missing ``Origin`` (non-browser clients do not send one) is allowed: the
+    check exists to stop foreign web pages from riding on a user's cookies, and
+    only browsers do that. Host patterns match like ALLOWED_HOSTS entries; full
+    origins (``scheme://host[:port]``) must match exactly.
+    """
+    if origin is None:
+        return True
+    patterns = allowed_origins()
+    if patterns is None:
+        return True
+    origin = origin.strip().lower()
+    if origin in patterns:
+        return True
+    try:
+        host = urlsplit(origin).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if ":" in host:  # IPv6 literal: ALLOWED_HOSTS spells it in brackets
+        host = f"[{host}]"
+    host_patterns = [pattern for pattern in patterns if "://" not in pattern]
+    return validate_host(host, host_patterns)
+
+
+def resolve_callable(name: str) -> Callable[..., Any] | None:
+    """The callable configured by setting ``name`` (a callable or a dotted path), or None."""
+    value = get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = _import(name, value)
+    if not callable(value):
+        raise ImproperlyConfigured(f"{name} must be a callable or the dotted path of one, got {value!r}")
+    return value
+
+
+def subscriber_class() -> type:
+    """The class named by WS4REDIS_SUBSCRIBER."""
+    value = get("WS4REDIS_SUBSCRIBER")
+    cls = _import("WS4REDIS_SUBSCRIBER", value) if isinstance(value, str) else value
+    if not isinstance(cls, type):
+        raise ImproperlyConfigured(f"WS4REDIS_SUBSCRIBER must name a class, got {value!r}")
+    for attribute in ("subscription_channels", "publish_channels", "set_pubsub_channels", "release"):
+        if not hasattr(cls, attribute):
+            raise ImproperlyConfigured(
+                f"WS4REDIS_SUBSCRIBER {value!r} lacks {attribute!r}; "
+                "subclass ws4redis.subscriber.RedisSubscriber"
+            )
+    return cls
+
+
+def _import(name: str, dotted_path: str) -> Any:
+    try:
+        return import_string(dotted_path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"{name} = {dotted_path!r} cannot be imported: {exc}") from exc
+
+
+# Validation -------------------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _fail(name: str, value: Any, expected: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_int(name: str, minimum: int, allow_none: bool = False) -> None:
+    value = get(name)
+    if value is None and allow_none:
+        return
+    if not _is_int(value) or value < minimum:
+        expected = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+        raise _fail(name, value, expected)
+
+
+def _check_seconds(name: str, allow_none: bool = False, allow_zero: bool = False) -> None:
+    value = get(name)
+    if value is None and allow_none:
+        return
+    if not _is_number(value) or value < 0 or (value == 0 and not allow_zero) or value != value:
+        expected = ("a number of seconds >= 0" if allow_zero else "a number of seconds > 0") + (
+            " or None" if allow_none else ""
+        )
+        raise _fail(name, value, expected)
+
+
+def _check_optional_str(name: str) -> None:
+    value = get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _fail(name, value, "a non-empty string or None")
+
+
+def _check_callable(name: str) -> None:
+    value = get(name)
+    if value is not None and not isinstance(value, str) and not callable(value):
+        raise _fail(name, value, "a callable, the dotted path of one, or None")
+    resolve_callable(name)
+
+
+def _check_websocket_url() -> None:
+    value = get("WEBSOCKET_URL")
+    if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
+        raise _fail("WEBSOCKET_URL", value, "a path starting and ending with '/', such as '/ws/'")
+
+
+def _check_prefix() -> None:
+    value = get("WS4REDIS_PREFIX")
+    if value is not None and (not isinstance(value, str) or any(ch.isspace() for ch in value)):
+        raise _fail("WS4REDIS_PREFIX", value, "a string without whitespace or None")
+
+
+def _check_allowed_origins() -> None:
+    value = get("WS4REDIS_ALLOWED_ORIGINS")
+    if value is None or value == "*":
+        return
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        raise _fail("WS4REDIS_ALLOWED_ORIGINS", value, "'*', None or a list of non-empty strings")
+    for item in value:
+        if "://" in item:
+            parts = urlsplit(item)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+                raise _fail(
+                    "WS4REDIS_ALLOWED_ORIGINS", value,
+                    f"a list of host patterns or origins like 'https://example.com' ({item!r} is neither)",
+                )
+
+
+def _check_connection() -> None:
+    # Imported here: ws4redis.connection reads this module, not the other way round.
+    from ws4redis.connection import check_connection_settings
+
+    check_connection_settings(get("WS4REDIS_CONNECTION"))
+
+
+def validate_settings() -> None:
+    """Check every ws4redis setting; raise ImproperlyConfigured naming the first bad one."""
+    _check_websocket_url()
+    _check_optional_str("WEBSOCKET_HOST")
+    _check_connection()
+    _check_int("WS4REDIS_EXPIRE", 0)
+    _check_prefix()
+    subscriber_class()
+    _check_optional_str("WS4REDIS_HEARTBEAT")
+    _check_callable("WS4REDIS_ALLOWED_CHANNELS")
+    _check_callable("WS4REDIS_PROCESS_REQUEST")
+    _check_int("WS4REDIS_MAX_MESSAGE_SIZE", 1)
+    _check_int("WS4REDIS_MAX_FRAGMENTS", 1, allow_none=True)
+    _check_allowed_origins()
+    _check_seconds("WS4REDIS_PING_INTERVAL", allow_none=True)
+    _check_seconds("WS4REDIS_PING_TIMEOUT")
+    _check_int("WS4REDIS_SEND_QUEUE_BYTES", 1)
+    _check_int("WS4REDIS_SEND_QUEUE_MESSAGES", 1)
+    _check_seconds("WS4REDIS_HANDSHAKE_TIMEOUT")
+    _check_seconds("WS4REDIS_SHUTDOWN_TIMEOUT", allow_zero=True)
