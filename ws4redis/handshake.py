@@ -1,0 +1,305 @@
+"""The HTTP upgrade of RFC 6455, section 4, as pure functions (sans-I/O).
+
+Servers hand in the request (method and headers, from a WSGI environ or from
+raw bytes) and get back either a :class:`Handshake` that knows the response
+headers, or a :class:`~ws4redis.exceptions.HandshakeError` whose ``status``,
+``headers`` and message make a complete, readable HTTP error answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import urlsplit
+
+from ws4redis import constants
+from ws4redis.exceptions import HandshakeError, UpgradeRequiredError
+
+__all__ = [
+    "Handshake",
+    "Headers",
+    "accept_key",
+    "check_origin",
+    "error_response",
+    "headers_from_environ",
+    "parse_request_head",
+    "request_head_length",
+    "upgrade_response",
+    "validate_upgrade",
+]
+
+NOT_A_WEBSOCKET_REQUEST = (
+    "Bad Request: this URL serves websockets only; connect with a websocket client (Upgrade: websocket)"
+)
+
+_HEAD_END = b"\r\n\r\n"
+_CRLF = b"\r\n"
+_KEY_BYTES = 16  # section 4.1: the key is a random 16-byte value, base64-encoded
+# RFC 9110, section 5.6.2: header names and methods are tokens.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_REQUEST_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP/(\d)\.(\d)")
+_FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class Headers(Mapping[str, str]):
+    """Request headers looked up case-insensitively; repeated ones are joined with ", "."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: dict[str, str] = {}
+        for name, value in items:
+            key = name.lower()
+            previous = self._items.get(key)
+            # RFC 9110, section 5.3: repeated fields combine into one list.
+            self._items[key] = value if previous is None else f"{previous}, {value}"
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self._items.items())!r})"
+
+
+def headers_from_environ(environ: Mapping[str, object]) -> Headers:
+    """The request headers of a WSGI environ (``HTTP_SEC_WEBSOCKET_KEY`` -> ``sec-websocket-key``)."""
+    items = []
+    for name, value in environ.items():
+        if name.startswith("HTTP_"):
+            items.append((name[5:].replace("_", "-"), str(value)))
+        elif name in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            items.append((name.replace("_", "-"), str(value)))
+    return Headers(items)
+
+
+def accept_key(key: str | bytes) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (section 4.2.2, step 5.4)."""
+    raw = key.encode("ascii") if isinstance(key, str) else key
+    return base64.b64encode(hashlib.sha1(raw + constants.WEBSOCKET_GUID).digest()).decode("ascii")
+
+
+def _tokens(value: str) -> list[str]:
+    """The items of a comma-separated header, stripped, empty ones dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """A valid upgrade request, ready to be answered with 101 Switching Protocols."""
+
+    key: str
+    subprotocols: list[str] = field(default_factory=list)
+
+    @property
+    def accept(self) -> str:
+        return accept_key(self.key)
+
+    def response_headers(self, subprotocol: str | None = None) -> list[tuple[str, str]]:
+        """Headers of the 101 response; ``subprotocol`` must be one the client offered."""
+        headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", self.accept),
+        ]
+        if subprotocol is not None:
+            # Section 4.2.2: the server may only select a protocol the client listed.
+            if subprotocol not in self.subprotocols:
+                raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
+            headers.append(("Sec-WebSocket-Protocol", subprotocol))
+        return headers
+
+
+def validate_upgrade(method: str, headers: Mapping[str, str]) -> Handshake:
+    """Check an opening handshake (section 4.2.1) and return what the answer needs.
+
+    ``headers`` may be any mapping; names are compared case-insensitively.
+    """
+    if not isinstance(headers, Headers):
+        headers = Headers(headers.items())
+    upgrade = [token.lower() for token in _tokens(headers.get("upgrade", ""))]
+    if "websocket" not in upgrade:
+        raise HandshakeError(NOT_A_WEBSOCKET_REQUEST, 400)
+    if method != "GET":
+        raise HandshakeError(
+            f"Method Not Allowed: a websocket handshake is a GET request, not {method}",
+            405,
+            [("Allow", "GET")],
+        )
+    connection = [token.lower() for token in _tokens(headers.get("connection", ""))]
+    if "upgrade" not in connection:
+        raise HandshakeError("Bad Request: the Connection header must contain the 'Upgrade' token", 400)
+    version = headers.get("sec-websocket-version")
+    if version is None:
+        raise UpgradeRequiredError(
+            "Upgrade Required: the Sec-WebSocket-Version header is missing; "
+            f"this server speaks version {constants.WEBSOCKET_VERSION}"
+        )
+    if version.strip() != constants.WEBSOCKET_VERSION:
+        raise UpgradeRequiredError(
+            f"Upgrade Required: websocket version {version.strip()!r} is not supported; "
+            f"this server speaks version {constants.WEBSOCKET_VERSION}"
+        )
+    key = headers.get("sec-websocket-key")
+    if key is None:
+        raise HandshakeError("Bad Request: the Sec-WebSocket-Key header is missing", 400)
+    key = key.strip()
+    try:
+        decoded = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != _KEY_BYTES:
+        raise HandshakeError(
+            f"Bad Request: Sec-WebSocket-Key must be the base64 encoding of {_KEY_BYTES} bytes", 400
+        )
+    return Handshake(key, _tokens(headers.get("sec-websocket-protocol", "")))
+
+
+def _split_host_port(value: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``, lower-cased, trailing dot dropped."""
+    port: int | None = None
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest.startswith(":") and rest[1:].isdigit():
+            port = int(rest[1:])
+    else:
+        host, colon, rest = value.rpartition(":")
+        if colon and rest.isdigit():
+            port = int(rest)
+        else:
+            host = value
+    return host.lower().rstrip("."), port
+
+
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def check_origin(origin: str | None, allowed: Iterable[str]) -> None:
+    """Refuse (403) a browser whose Origin is not in ``allowed`` (section 10.2).
+
+    Patterns work like Django's ALLOWED_HOSTS: ``"*"`` allows everything,
+    ``".example.com"`` allows example.com and all its subdomains, ``"host"``
+    allows that host on any port and ``"host:port"`` only on that port. A
+    request without Origin is allowed: only browsers send it, and the check
+    protects browsers' users from other sites' scripts.
+    """
+    if origin is None or origin == "":
+        return
+    patterns = list(allowed)
+    if "*" in patterns:
+        return
+    forbidden = HandshakeError(f"Forbidden: origin {origin!r} may not open websockets here", 403)
+    try:
+        parts = urlsplit(origin.strip())
+        host = (parts.hostname or "").rstrip(".")
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        raise forbidden from None
+    if not host:
+        raise forbidden
+    for pattern in patterns:
+        pattern_host, pattern_port = _split_host_port(pattern.strip())
+        if pattern_port is not None and pattern_port != port:
+            continue
+        if pattern_host.startswith("."):
+            if host == pattern_host[1:] or host.endswith(pattern_host):
+                return
+        elif host == pattern_host:
+            return
+    raise forbidden
+
+
+def request_head_length(
+    data: bytes | bytearray, max_size: int = constants.MAX_REQUEST_HEAD_SIZE
+) -> int | None:
+    """Length of the request head at the start of ``data`` (blank line included).
+
+    None means the head is not complete yet: read more. A head that cannot
+    fit in ``max_size`` bytes is refused with 414 when even the request line
+    does not end, 431 otherwise, so a server never buffers more.
+    """
+    end = data.find(_HEAD_END, 0, max_size)
+    if end >= 0:
+        return end + len(_HEAD_END)
+    if len(data) < max_size:
+        return None
+    if data.find(_CRLF, 0, max_size) < 0:
+        raise HandshakeError(f"URI Too Long: the request line exceeds {max_size} bytes", 414)
+    raise HandshakeError(f"Request Header Fields Too Large: the request head exceeds {max_size} bytes", 431)
+
+
+def parse_request_head(
+    data: bytes | bytearray,
+    max_size: int = constants.MAX_REQUEST_HEAD_SIZE,
+    max_headers: int = constants.MAX_REQUEST_HEADERS,
+) -> tuple[str, str, Headers]:
+    """``(method, path, headers)`` of the HTTP/1.1 request head at the start of ``data``.
+
+    Bytes after the blank line that ends the head are not looked at (they
+    belong to the websocket stream). Garbage is refused with 400, oversized
+    input with 414/431 (see :func:`request_head_length`).
+    """
+    length = request_head_length(data, max_size)
+    if length is None:
+        raise HandshakeError("Bad Request: the request head is incomplete", 400)
+    # Latin-1 maps every byte to a character, so decoding never fails and
+    # any non-ASCII garbage is caught by the patterns below.
+    lines = bytes(data[: length - len(_HEAD_END)]).decode("latin-1").split("\r\n")
+    request = _REQUEST_LINE.fullmatch(lines[0])
+    if request is None:
+        raise HandshakeError("Bad Request: malformed request line", 400)
+    method, path, major, minor = request.groups()
+    # RFC 6455, section 4.1: the handshake needs HTTP/1.1 or later.
+    if (int(major), int(minor)) < (1, 1):
+        raise HandshakeError("Bad Request: websockets need HTTP/1.1", 400)
+    if len(lines) - 1 > max_headers:
+        raise HandshakeError(f"Request Header Fields Too Large: more than {max_headers} headers", 431)
+    items = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        # RFC 9112, section 5: no whitespace before the colon, no obsolete
+        # line folding (a line starting with whitespace).
+        if not colon or _TOKEN.fullmatch(name) is None:
+            raise HandshakeError(f"Bad Request: malformed header line {line[:64]!r}", 400)
+        value = value.strip(" \t")
+        if _FORBIDDEN_IN_VALUE.search(value):
+            raise HandshakeError(f"Bad Request: control character in header {name}", 400)
+        items.append((name, value))
+    return method, path, Headers(items)
+
+
+def upgrade_response(handshake: Handshake, subprotocol: str | None = None) -> bytes:
+    """The complete 101 Switching Protocols response head."""
+    lines = ["HTTP/1.1 101 Switching Protocols"]
+    lines += [f"{name}: {value}" for name, value in handshake.response_headers(subprotocol)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def error_response(error: HandshakeError) -> bytes:
+    """A complete HTTP response refusing the handshake, its message as a text body."""
+    body = (str(error) + "\n").encode("utf-8")
+    try:
+        phrase = HTTPStatus(error.status).phrase
+    except ValueError:
+        phrase = "Error"
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        *error.headers,
+    ]
+    head = [f"HTTP/1.1 {error.status} {phrase}"] + [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
