@@ -81,4 +81,5 @@ DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds given to open websockets to close on s
 DEFAULT_EXPIRE = 3600  # seconds the last message of a channel stays in Redis
 DEFAULT_REDIS_POOL_SIZE = 50  # publishing connections per process; callers wait when all are busy
 DEFAULT_REDIS_POOL_TIMEOUT = 20.0  # seconds to wait for a free publishing connection
-DJANGO_DEBUG_ALLOWED_HOSTS = (".localhost", "127.0.0.1", "[::1]")  # Django's hosts for DEBUG without ALLOWED_HOSTS
+# Hosts Django accepts when DEBUG is on and ALLOWED_HOSTS is empty (default allowed origins then).
+DJANGO_DEBUG_ALLOWED_HOSTS = (".localhost", "127.0.0.1", "[::1]")
