@@ -83,3 +83,14 @@ DEFAULT_REDIS_POOL_SIZE = 50  # publishing connections per process; callers wait
 DEFAULT_REDIS_POOL_TIMEOUT = 20.0  # seconds to wait for a free publishing connection
 # Hosts Django accepts when DEBUG is on and ALLOWED_HOSTS is empty (default allowed origins then).
 DJANGO_DEBUG_ALLOWED_HOSTS = (".localhost", "127.0.0.1", "[::1]")
+
+
+# Gevent server and its per-process pub/sub hub (ws4redis.gevent_server, ws4redis.hub)
+HUB_RECONNECT_MIN_DELAY = 0.1  # seconds before the first attempt to reach Redis again
+HUB_RECONNECT_MAX_DELAY = 10.0  # cap of the exponential backoff; each delay gets +-50% jitter
+HUB_HEALTH_CHECK_INTERVAL = 15.0  # seconds between PINGs on the pub/sub connection; 2x silence = dead
+HUB_SUBSCRIBE_TIMEOUT = 5.0  # seconds a new websocket waits for Redis to confirm its SUBSCRIBE
+LEGACY_HEARTBEAT_INTERVAL = 4.0  # idle seconds between WS4REDIS_HEARTBEAT messages (0.6.0's select timeout)
+SERVER_READ_SIZE = 4096  # bytes read from a websocket per recv
+SERVER_LISTEN_BACKLOG = 2048  # pending TCP connections the kernel queues for the server
+WORKER_RESPAWN_DELAY = 1.0  # seconds before the supervisor replaces a worker that died
