@@ -64,3 +64,37 @@ def redis_client(redis_server):
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def make_request(redis_client):
+    """Build requests as the websocket servers see them: a real session in the Redis cache, a real user.
+
+    With ``user``, the user is logged in with ``django.contrib.auth.login``
+    (which fires ``user_logged_in``); the session is then reloaded from Redis
+    by its key alone, as a server does from the cookie. Tests passing a user
+    need the ``django_db`` mark.
+    """
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import login
+    from django.contrib.auth.models import AnonymousUser
+    from django.test import RequestFactory
+
+    def build(path="/ws/foo", user=None, session=True, secure=False, **headers):
+        request = RequestFactory().get(path, secure=secure, headers=headers)
+        request.user = AnonymousUser()
+        request.session = None
+        if session:
+            store_class = import_module(settings.SESSION_ENGINE).SessionStore
+            request.session = store_class()
+            if user is not None:
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            request.session.save()
+            request.session = store_class(session_key=request.session.session_key)
+        elif user is not None:
+            request.user = user
+        return request
+
+    return build

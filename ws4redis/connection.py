@@ -159,8 +159,8 @@ def check_connection_settings(config: Any) -> None:
     }
     for key, (valid, expected) in expectations.items():
         if key in config and not valid(config[key]):
-            shown = "***" if key == "password" else config[key]
-            raise ImproperlyConfigured(f"{name}[{key!r}] must be {expected}, got {shown!r}")
+            shown = f"a {type(config[key]).__name__}" if key == "password" else repr(config[key])
+            raise ImproperlyConfigured(f"{name}[{key!r}] must be {expected}, got {shown}")
     if not config.get("ssl") and "url" not in config:
         ssl_keys = sorted(key for key in config if str(key).startswith("ssl_"))
         if ssl_keys:

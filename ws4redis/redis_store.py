@@ -83,8 +83,8 @@ def _heartbeat_bytes() -> bytes | None:
 class RedisMessage(bytes):
     """A message on its way to or from Redis: bytes, or None for things that are not messages.
 
-    ``RedisMessage(value)`` returns ``None`` (not an instance) for the
-    heartbeat string and for pub/sub replies other than a published message
+    ``RedisMessage(value)`` returns ``None`` (not an instance) for ``None``,
+    the heartbeat string and pub/sub replies other than a published message
     (subscribe confirmations and the like), exactly like 0.6.0, so callers can
     write ``msg = RedisMessage(x); if msg: ...``.
     """
@@ -96,6 +96,8 @@ class RedisMessage(bytes):
             data = bytes(value)
         elif isinstance(value, (list, tuple)):
             return cls._from_reply(value)
+        elif value is None:  # nothing received (servers pass what a read returned)
+            return None
         else:
             raise TypeError(f"RedisMessage needs str, bytes or a pub/sub reply, got {type(value).__name__}")
         if data and data == _heartbeat_bytes():

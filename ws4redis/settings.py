@@ -145,13 +145,15 @@ def origin_allowed(origin: str | None) -> bool:
 
 def resolve_callable(name: str) -> Callable[..., Any] | None:
     """The callable configured by setting ``name`` (a callable or a dotted path), or None."""
-    value = get(name)
-    if value is None:
+    configured = get(name)
+    if configured is None:
         return None
-    if isinstance(value, str):
-        value = _import(name, value)
+    value = _import(name, configured) if isinstance(configured, str) else configured
     if not callable(value):
-        raise ImproperlyConfigured(f"{name} must be a callable or the dotted path of one, got {value!r}")
+        found = f" (it names {value!r})" if value is not configured else ""
+        raise ImproperlyConfigured(
+            f"{name} must be a callable or the dotted path of one, got {configured!r}{found}"
+        )
     return value
 
 
