@@ -1,0 +1,133 @@
+"""ws4redis-bench against real servers, plus its measuring parts on real processes.
+
+The load tool is driven as a user runs it (``python -m ws4redis.bench ... --json``)
+against real websocket servers on 127.0.0.1 and the suite's real redis-server,
+with small sizes so the file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ws4redis.bench.procstat import ProcessGone, ProcessTree
+from ws4redis.bench.stats import Stats
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_TIMEOUT = 60
+
+
+def bench(*args: str, expect_status: int | None = 0) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run ``python -m ws4redis.bench ARGS --json``; return the parsed report and the process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "ws4redis.bench", *args, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT,
+    )
+    if expect_status is not None and result.returncode != expect_status:
+        pytest.fail(
+            f"ws4redis-bench exited with {result.returncode} (expected {expect_status}):\n"
+            f"{result.stdout}\n{result.stderr}",
+            pytrace=False,
+        )
+    return json.loads(result.stdout), result
+
+
+def bench_usage_error(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "ws4redis.bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2, result.stderr
+    return result.stderr
+
+
+# command line
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["ws://127.0.0.1:1/ws/x", "--redis", "redis://127.0.0.1:1/0", "--size", "10"], "--size"),
+        (["ws://127.0.0.1:1/ws/x"], "--redis"),
+        (["http://127.0.0.1:1/ws/x", "--mode", "echo"], "ws://"),
+        (["ws://127.0.0.1:1/ws/x", "--mode", "echo", "--clients", "0"], "--clients"),
+        (["ws://127.0.0.1:1/ws/x", "--mode", "echo", "--rate", "-1"], "--rate"),
+        (["ws://127.0.0.1:1/ws/x", "--redis", "redis://x", "--envelope", '{"text": "x"}'], "--envelope"),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_option(args, named):
+    assert named in bench_usage_error(*args)
+
+
+def test_a_server_pid_that_does_not_exist_is_refused():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert f"--server-pid {child.pid}" in bench_usage_error(
+        "ws://127.0.0.1:1/ws/x", "--mode", "echo", "--server-pid", str(child.pid)
+    )
+
+
+def test_unreachable_server_is_an_error_not_a_crash():
+    from ws4redis.embedded_redis import free_port
+
+    report, _ = bench(f"ws://127.0.0.1:{free_port()}/ws/x", "--mode", "echo", "-n", "3", expect_status=1)
+    assert report["connected"] == 0
+    assert report["errors"] == 3
+    assert all(kind.startswith("connect:") for kind in report["error_kinds"])
+
+
+# measuring parts
+
+
+def test_latency_percentiles_use_the_nearest_rank():
+    stats = Stats()
+    stats.latencies.extend(ms * 1_000_000 for ms in range(1, 101))  # 1..100 ms
+    summary = stats.latency_summary()
+    assert summary["min"] == 1.0
+    assert summary["p50"] == 50.0
+    assert summary["p90"] == 90.0
+    assert summary["p99"] == 99.0
+    assert summary["max"] == 100.0
+    assert summary["mean"] == pytest.approx(50.5)
+    assert Stats().latency_summary() == {}
+
+
+BUSY_TREE = """
+import os, sys, time
+pid = os.fork()
+deadline = time.monotonic() + 30
+if pid == 0:
+    while time.monotonic() < deadline:  # the child burns CPU
+        pass
+    os._exit(0)
+print(pid, flush=True)
+sys.stdin.read()  # the parent sleeps until told to stop
+os.kill(pid, 9)
+"""
+
+
+def test_process_tree_sums_cpu_and_memory_of_forked_workers():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", BUSY_TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child_pid = int(parent.stdout.readline())
+        tree = ProcessTree(parent.pid)
+        assert tree.process_count() == 2
+        before = tree.cpu_seconds()
+        time.sleep(0.5)
+        burnt = tree.cpu_seconds() - before
+        assert burnt > 0.1, "the busy child's CPU time must be counted"
+        assert tree.rss_bytes() > ProcessTree(child_pid).rss_bytes() > 0
+    finally:
+        parent.stdin.close()
+        parent.wait(10)
+    with pytest.raises(ProcessGone):
+        tree.cpu_seconds()

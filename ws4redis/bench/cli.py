@@ -1,0 +1,242 @@
+"""Command line of ``ws4redis-bench`` (also ``python -m ws4redis.bench``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import sys
+
+from ws4redis.bench.client import HEADER_SIZE
+from ws4redis.bench.procstat import ProcessGone
+from ws4redis.bench.runner import Options, Progress, Run
+
+PROGRESS_INTERVAL = 0.25  # seconds between progress bar redraws
+BAR_WIDTH = 30
+
+EPILOG = """\
+publish mode: N clients connect to URL, the tool PUBLISHes M messages to the Redis channel
+(default broadcast:<last path segment of URL>) and every client must receive every message.
+echo mode: every client sends M messages, one at a time, and waits for each to come back.
+Each message carries a sequence number and its send time, so latency and loss are exact.
+Exit status: 0 when nothing was lost and no error happened, 1 otherwise, 2 for bad arguments.
+
+examples:
+  ws4redis-bench ws://127.0.0.1:8001/ws/bench?subscribe-broadcast --redis redis://127.0.0.1:6380/0 \\
+      -n 1000 -m 200 --server-pid 1234
+  ws4redis-bench ws://127.0.0.1:8002/ --mode echo -n 50 -m 1000 --json
+"""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ws4redis-bench",
+        description="Load-test a websocket server: Redis fan-out or echo round trips.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("url", help="ws://HOST:PORT/PATH?QUERY; {i} in it becomes the client index")
+    parser.add_argument("-n", "--clients", type=positive_int, default=100, help="websocket clients (100)")
+    parser.add_argument("-m", "--messages", type=positive_int, default=1000, help="messages (1000)")
+    parser.add_argument(
+        "-s", "--size", type=positive_int, default=100, help=f"message size in bytes, >= {HEADER_SIZE} (100)"
+    )
+    parser.add_argument("--mode", choices=("publish", "echo"), default="publish")
+    parser.add_argument("--redis", dest="redis_url", help="Redis URL to publish to (publish mode)")
+    parser.add_argument("--channel", help="Redis channel (default broadcast:<facility from the URL>)")
+    parser.add_argument(
+        "--rate", type=non_negative_float, default=0.0, help="messages per second in total, 0 = flat out (0)"
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        help="publish mode: messages in flight before the publisher waits for deliveries "
+        "(0 = unlimited when --rate is set, about 20,000 deliveries when flat out)",
+    )
+    parser.add_argument(
+        "--concurrency", type=positive_int, default=100, help="handshakes in progress at once (100)"
+    )
+    parser.add_argument(
+        "--connect-rate", type=non_negative_float, default=0.0, help="connections per second, 0 = no limit"
+    )
+    parser.add_argument(
+        "--duration", type=positive_float, default=60.0, help="cap on the publish/echo phase in seconds (60)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds allowed for one connection, the warm-up, and the wait for the last deliveries (10)",
+    )
+    parser.add_argument(
+        "--server-pid",
+        type=positive_int,
+        help="report RSS per connection and CPU per message of this process and its children",
+    )
+    parser.add_argument(
+        "-H", "--header", action="append", default=[], dest="headers", help="extra request header, repeatable"
+    )
+    parser.add_argument(
+        "--envelope",
+        help="publish mode: wrap each published message, {message} marks where it goes "
+        '(e.g. \'{"type": "bench.message", "text": "{message}"}\' for Django Channels)',
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
+    return parser
+
+
+def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.size < HEADER_SIZE:
+        parser.error(f"--size must be at least {HEADER_SIZE} bytes (the benchmark header), got {args.size}")
+    if args.mode == "publish" and not args.redis_url:
+        parser.error("--redis URL is required in publish mode")
+    if args.window < 0:
+        parser.error(f"--window must be zero or positive, got {args.window}")
+    options = Options(
+        url=args.url,
+        clients=args.clients,
+        messages=args.messages,
+        size=args.size,
+        mode=args.mode,
+        redis_url=args.redis_url,
+        channel=args.channel,
+        rate=args.rate,
+        window=args.window,
+        concurrency=args.concurrency,
+        connect_rate=args.connect_rate,
+        duration=args.duration,
+        timeout=args.timeout,
+        server_pid=args.server_pid,
+        headers=tuple(args.headers),
+        envelope=args.envelope,
+    )
+    try:
+        Run(options)  # validates the URL and the server pid before anything starts
+    except (ValueError, ProcessGone) as exc:
+        parser.error(str(exc))
+    return options, args
+
+
+def raise_fd_limit(needed: int) -> None:
+    """Lift the soft open-files limit to the hard one when the clients need more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def draw_progress(progress: Progress) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL)
+        total = progress.total or 1
+        filled = min(BAR_WIDTH, BAR_WIDTH * progress.done // total)
+        sys.stderr.write(
+            f"\r{progress.phase:>8} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+            f"{progress.done:,}/{progress.total:,}   "
+        )
+        sys.stderr.flush()
+
+
+async def run(options: Options, show_progress: bool) -> dict:
+    progress = Progress()
+    bar = asyncio.create_task(draw_progress(progress)) if show_progress else None
+    try:
+        return await Run(options, progress).execute()
+    finally:
+        if bar is not None:
+            bar.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bar
+            sys.stderr.write("\r" + " " * (BAR_WIDTH + 40) + "\r")
+
+
+def event_loop_factory(disable_uvloop: bool):
+    """uvloop's loop when installed (the ``bench`` extra) and wanted, else asyncio's."""
+    if not disable_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass  # uvloop is optional: asyncio's loop works, only slower
+        else:
+            return uvloop.new_event_loop, "uvloop"
+    return asyncio.new_event_loop, "asyncio"
+
+
+def format_report(report: dict) -> str:
+    r = report
+    lat = r["latency_ms"]
+    lines = [
+        f"ws4redis-bench {r['mode']} {r['url']}",
+        f"  connect   {r['connected']:,}/{r['clients']:,} clients in {r['connect_seconds']:.2f} s "
+        f"({r['connections_per_second']:,.0f} conn/s)",
+        f"  deliver   {r['delivered']:,}/{r['expected']:,} messages of {r['size']} bytes "
+        f"in {r['seconds']:.2f} s ({r['delivered_per_second']:,.0f} msg/s)",
+        f"  lost      {r['lost']:,}   duplicates {r['duplicates']:,}   foreign {r['foreign']:,}",
+    ]
+    if lat:
+        lines.append(
+            "  latency   " + "  ".join(f"{name} {lat[name]:.2f} ms" for name in ("p50", "p90", "p99", "max"))
+        )
+    server = report.get("server")
+    if server:
+        cpu = server["cpu_per_delivered_message_us"]
+        lines.append(
+            f"  server    {server['rss_per_connection_bytes'] / 1024:.1f} KiB RSS per connection, "
+            + (f"{cpu:.2f} us CPU per delivered message" if cpu is not None else "no message delivered")
+            + f" ({server['processes']} processes)"
+        )
+    client = report["client"]
+    cpu = f", {client['cpu_seconds']:.2f} s CPU" if "cpu_seconds" in client else ""
+    lines.append(f"  client    {client['loop']} loop, compiled core: {client['compiled']}{cpu}")
+    if report["errors"]:
+        lines.append(f"  errors    {report['errors']}")
+        lines.extend(f"    {count:>6} x {kind}" for kind, count in sorted(report["error_kinds"].items()))
+    else:
+        lines.append("  errors    none")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ws4redis-bench`` console script."""
+    from ws4redis.speedups import COMPILED
+
+    options, args = parse_options(argv)
+    raise_fd_limit(options.clients + 64)
+    factory, loop_name = event_loop_factory(args.no_uvloop)
+    show_progress = not args.quiet and sys.stderr.isatty()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            report = runner.run(run(options, show_progress))
+        except ProcessGone as exc:
+            sys.stderr.write(f"ws4redis-bench: {exc}\n")
+            return 1
+    report.setdefault("client", {}).update(loop=loop_name, compiled=COMPILED)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["lost"] == 0 and report["errors"] == 0 and report["connected"] else 1

@@ -1,0 +1,268 @@
+"""One benchmark websocket client: a raw asyncio Protocol with minimal per-message work.
+
+A load generator written with a full websocket library spends more CPU per
+message than the server it measures. This client does the least it can: the
+upgrade request is written by hand, the server's answer is checked with
+``ws4redis.handshake.accept_key``, and frames are cut by ``FrameParser`` from
+``ws4redis.speedups`` (compiled when available) with UTF-8 validation off.
+
+Every benchmark message starts with a fixed-width ASCII header, so a text
+frame carries it unchanged and one slice plus ``int(..., 16)`` recovers each
+field::
+
+    kind (4) | source (8 hex) | sequence (8 hex) | send time, monotonic ns (16 hex) | padding
+
+``time.monotonic_ns`` is CLOCK_MONOTONIC on Linux, shared by every process,
+so a timestamp taken by the publisher compares with the receive time taken
+by a client. Latency is counted from that send time to the moment the frame
+is read; loss and duplicates from a per-client bitmap of sequence numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+from time import monotonic_ns
+from urllib.parse import urlsplit
+
+from ws4redis import constants
+from ws4redis.bench.stats import Stats
+from ws4redis.exceptions import ProtocolError
+from ws4redis.handshake import accept_key
+from ws4redis.speedups import FrameParser, encode_frame
+
+KIND_DATA = b"W4RB"
+KIND_WARMUP = b"W4RW"
+HEADER_SIZE = 36
+MAX_RESPONSE_HEAD = 16384
+PUBLISHER_SOURCE = 0
+
+
+def message(kind: bytes, source: int, seq: int, padding: bytes) -> bytes:
+    """A benchmark message stamped with the current time."""
+    return b"%s%08x%08x%016x" % (kind, source, seq, monotonic_ns()) + padding
+
+
+def source_tag(source: int) -> bytes:
+    """The header field identifying ``source``, as it appears on the wire."""
+    return b"%08x" % source
+
+
+class HandshakeFailed(Exception):
+    """The server did not upgrade the connection to a websocket."""
+
+
+class Target:
+    """Where the clients connect: host, port and the upgrade request for client ``i``."""
+
+    def __init__(self, url: str, headers: list[str] | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "ws":
+            raise ValueError(f"URL must start with ws:// (TLS is not supported), got {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"URL has no host: {url!r}")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.headers = "".join(f"{line.strip()}\r\n" for line in headers or ())
+
+    def request(self, index: int, key: str) -> bytes:
+        """The HTTP upgrade request; ``{i}`` in the URL path becomes the client index."""
+        path = self.path.replace("{i}", str(index))
+        return (
+            f"GET {path} HTTP/1.1\r\n"
+            f"Host: {self.host}:{self.port}\r\n"
+            "Upgrade: websocket\r\n"
+            "Connection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: {constants.WEBSOCKET_VERSION}\r\n"
+            f"{self.headers}\r\n"
+        ).encode("latin-1")
+
+
+class BenchClient(asyncio.Protocol):
+    """A websocket client counting the benchmark messages it receives.
+
+    ``source`` selects which messages are this client's: the publisher's
+    (publish mode) or its own echoes (echo mode). Others are counted as
+    foreign and otherwise ignored, so a server that also broadcasts an echo
+    to other clients does not distort the figures.
+    """
+
+    def __init__(self, index: int, target: Target, stats: Stats, messages: int, source: int) -> None:
+        self.index = index
+        self.stats = stats
+        self.source = source_tag(source)
+        self.seen = bytearray(messages)
+        self.transport: asyncio.Transport | None = None
+        self.open = False
+        self.closing = False
+        self.warmed = False
+        self.waiting: asyncio.Future | None = None
+        self.waiting_seq = -1
+        self._head = bytearray()
+        self._fragments: list[bytes] = []
+        self._parser = FrameParser(require_mask=False, validate_utf8=False)
+        loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future = loop.create_future()
+        self.finished: asyncio.Future = loop.create_future()
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        self._accept = accept_key(key).encode("ascii")
+        self._request = target.request(index, key)
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.open:
+            data = self._read_head(data)
+            if not data:
+                return
+        try:
+            frames = self._parser.feed(data)
+        except ProtocolError as exc:
+            self._fail(f"protocol error from server (close {exc.close_code}): {exc}", exc.close_code)
+            return
+        now = monotonic_ns()
+        stats = self.stats
+        delivered = 0
+        for frame in frames:
+            opcode = frame.opcode
+            if opcode < constants.OP_CLOSE:  # text, binary or continuation: the parser refuses 3-7
+                payload = frame.payload
+                if not frame.fin or self._fragments:
+                    self._fragments.append(payload)
+                    if not frame.fin:
+                        continue
+                    payload = b"".join(self._fragments)
+                    self._fragments.clear()
+                kind = payload[:4]
+                if kind != KIND_DATA or payload[4:12] != self.source:
+                    if kind == KIND_WARMUP:
+                        self.warmed = True
+                    else:
+                        stats.foreign += 1
+                    continue
+                seq = int(payload[12:20], 16)
+                seen = self.seen
+                if seq >= len(seen):
+                    stats.foreign += 1
+                    continue
+                if seen[seq]:
+                    stats.duplicates += 1
+                    continue
+                seen[seq] = 1
+                stats.latencies.append(now - int(payload[20:36], 16))
+                delivered += 1
+                if seq == self.waiting_seq:
+                    self.waiting_seq = -1
+                    if not self.waiting.done():
+                        self.waiting.set_result(None)
+            elif opcode == constants.OP_PING:
+                self._send(constants.OP_PONG, frame.payload)
+            elif opcode == constants.OP_CLOSE:
+                self._closed_by_server(frame.payload)
+                return
+        if delivered:
+            stats.delivered += delivered
+            stats.last_delivery_ns = now
+            if stats.delivered >= stats.wake_at:
+                stats.wake.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(HandshakeFailed(f"connection closed during the handshake ({exc})"))
+        elif self.open and not self.closing:
+            self.stats.error("connection lost")
+        self.open = False
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_exception(ConnectionError("connection lost"))
+        if not self.finished.done():
+            self.finished.set_result(None)
+        self.stats.wake.set()
+
+    # used by the runner
+
+    def send_message(self, payload: bytes) -> None:
+        self._send(constants.OP_TEXT, payload)
+
+    def expect(self, seq: int) -> asyncio.Future:
+        """A future resolved when the message numbered ``seq`` comes back."""
+        self.waiting = asyncio.get_running_loop().create_future()
+        self.waiting_seq = seq
+        return self.waiting
+
+    def close(self, code: int = constants.CLOSE_NORMAL) -> None:
+        """Start the closing handshake; ``finished`` resolves when the server closes the TCP stream."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.closing = True
+        if self.open:
+            self._send(constants.OP_CLOSE, code.to_bytes(2, "big"))
+        else:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # internals
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode_frame(opcode, payload, mask_key=random.randbytes(4)))
+
+    def _read_head(self, data: bytes) -> bytes:
+        """Collect the HTTP response head; return the bytes after it once it is complete."""
+        head = self._head
+        head += data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > MAX_RESPONSE_HEAD:
+                self._refuse("response head larger than 16 KiB")
+            return b""
+        lines = bytes(head[:end]).split(b"\r\n")
+        rest = bytes(head[end + 4 :])
+        self._head = bytearray()
+        status = lines[0].split(None, 2)
+        if len(status) < 2 or status[1] != b"101":
+            body = rest[:200].decode("utf-8", "replace").strip()
+            self._refuse(f"HTTP {b' '.join(status[1:]).decode('latin-1')}" + (f": {body}" if body else ""))
+            return b""
+        accept = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"sec-websocket-accept":
+                accept = value.strip()
+        if accept != self._accept:
+            self._refuse("wrong or missing Sec-WebSocket-Accept")
+            return b""
+        self.open = True
+        self.handshake.set_result(None)
+        return rest
+
+    def _refuse(self, reason: str) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(HandshakeFailed(reason))
+        self.abort()
+
+    def _fail(self, reason: str, code: int) -> None:
+        self.stats.error(reason)
+        self.closing = True
+        self._send(constants.OP_CLOSE, code.to_bytes(2, "big"))
+        self.transport.close()
+
+    def _closed_by_server(self, payload: bytes) -> None:
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else constants.CLOSE_NO_STATUS
+        if not self.closing:
+            self.stats.error(f"closed by server with code {code}")
+            self.closing = True
+            self._send(constants.OP_CLOSE, payload[:2])
+        self.transport.close()

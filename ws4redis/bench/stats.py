@@ -1,0 +1,45 @@
+"""What the benchmark counts while it runs, and the summary it reports."""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from collections import Counter
+
+PERCENTILES = (50, 90, 99)
+
+
+class Stats:
+    """Counters shared by every client connection of one run.
+
+    Latencies are kept exactly, one signed 64-bit nanosecond value per
+    delivery (8 bytes each), so percentiles are computed from the real
+    samples rather than from a histogram.
+    """
+
+    def __init__(self) -> None:
+        self.latencies = array("q")
+        self.delivered = 0
+        self.duplicates = 0
+        self.foreign = 0  # messages that were not sent by this benchmark
+        self.last_delivery_ns = 0
+        self.errors: Counter[str] = Counter()
+        # The publisher sleeps until `delivered` reaches `wake_at`.
+        self.wake_at = 0
+        self.wake = asyncio.Event()
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] += 1
+
+    def latency_summary(self) -> dict[str, float]:
+        """min, mean, p50, p90, p99 and max in milliseconds (nearest rank); {} without samples."""
+        samples = sorted(self.latencies)
+        if not samples:
+            return {}
+        count = len(samples)
+        summary = {"min": samples[0] / 1e6, "mean": sum(samples) / count / 1e6}
+        for pct in PERCENTILES:
+            rank = max(1, -(-pct * count // 100))  # ceil(pct / 100 * count), nearest-rank method
+            summary[f"p{pct}"] = samples[rank - 1] / 1e6
+        summary["max"] = samples[-1] / 1e6
+        return summary
