@@ -88,9 +88,17 @@ class RedisSubscriber(RedisStore):
         names = self._get_message_channels(request=request, facility=self.facility,
                                            **self._audience(request, channels, "subscribe"))
         self.release()
-        self._subscription = redis_connections.create_pubsub(self._connection)
+        self._subscription = self.create_subscription()
         if names:
             self._subscription.subscribe(*names)
+
+    def create_subscription(self) -> Any:
+        """The PubSub ``set_pubsub_channels`` subscribes on: by default one with its own connection.
+
+        The gevent server overrides this to return a ``ws4redis.hub.SubscriptionRecorder``,
+        so the channels travel over its one pub/sub connection per process instead.
+        """
+        return redis_connections.create_pubsub(self._connection)
 
     @property
     def subscribed_channels(self) -> list[str]:
