@@ -1,0 +1,169 @@
+"""ws4redis.publisher against a real Redis: RedisPublisher's audiences and fetch_message."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import override_settings
+
+from ws4redis.connection import get_connection_pool
+from ws4redis.publisher import RedisPublisher
+from ws4redis.redis_store import SELF, RedisMessage
+
+
+@pytest.fixture
+def alice(db):
+    user = User.objects.create_user("alice", password="secret")
+    for name in ("blue", "green"):
+        user.groups.add(Group.objects.create(name=name))
+    return user
+
+
+@pytest.fixture
+def listener(redis_client):
+    pubsub = redis_client.pubsub()
+    yield pubsub
+    pubsub.close()
+
+
+def listen(pubsub, *channels):
+    """Subscribe and wait for Redis to confirm, so nothing published afterwards is missed."""
+    pubsub.subscribe(*channels)
+    for _ in channels:
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+
+
+def receive(pubsub, count, limit=5.0):
+    got = []
+    deadline = time.monotonic() + limit
+    while len(got) < count and time.monotonic() < deadline:
+        reply = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if reply:
+            got.append((reply["channel"].decode(), reply["data"]))
+    return sorted(got)
+
+
+def test_the_default_connection_is_the_shared_pool():
+    publisher = RedisPublisher(facility="x", broadcast=True)
+    assert publisher._connection.connection_pool is get_connection_pool()
+
+
+def test_a_given_connection_is_used(redis_client):
+    publisher = RedisPublisher(connection=redis_client, facility="x", broadcast=True)
+    assert publisher._connection is redis_client
+    publisher.publish_message(RedisMessage("via given client"))
+    assert redis_client.get("broadcast:x") == b"via given client"
+
+
+@pytest.mark.parametrize(
+    "kwargs, channels",
+    [
+        ({"broadcast": True}, ["broadcast:news"]),
+        ({"users": ["john", "mary"]}, ["user:john:news", "user:mary:news"]),
+        ({"groups": ["admins"]}, ["group:admins:news"]),
+        ({"sessions": ["k1", "k2"]}, ["session:k1:news", "session:k2:news"]),
+    ],
+)
+def test_each_audience_is_published_and_persisted(redis_client, listener, kwargs, channels):
+    listen(listener, *channels)
+    publisher = RedisPublisher(facility="news", **kwargs)
+    assert publisher.publishers == frozenset(channels)
+    assert publisher.publish_message(RedisMessage("extra!"), expire=10) == len(channels)
+    assert receive(listener, len(channels)) == [(channel, b"extra!") for channel in channels]
+    for channel in channels:
+        assert redis_client.get(channel) == b"extra!"
+        assert 0 < redis_client.ttl(channel) <= 10
+
+
+def test_self_is_resolved_from_the_request(redis_client, listener, make_request, alice):
+    request = make_request(user=alice)
+    key = request.session.session_key
+    publisher = RedisPublisher(facility="news", request=request, users=[SELF], groups=[SELF], sessions=[SELF])
+    expected = ["group:blue:news", "group:green:news", "user:alice:news", f"session:{key}:news"]
+    assert publisher.publishers == frozenset(expected)
+    listen(listener, *expected)
+    assert publisher.pipeline_publish_message(RedisMessage("to me")) == 4
+    assert receive(listener, 4) == sorted((channel, b"to me") for channel in expected)
+
+
+@override_settings(WS4REDIS_PREFIX="site1")
+def test_prefix_applies_to_publishing(redis_client):
+    RedisPublisher(facility="news", broadcast=True).publish_message(RedisMessage("prefixed"))
+    assert redis_client.get("site1:broadcast:news") == b"prefixed"
+    assert redis_client.get("broadcast:news") is None
+
+
+# fetch_message ---------------------------------------------------------------------------------
+
+
+def publish_everywhere(request, facility="news"):
+    key = request.session.session_key
+    RedisPublisher(facility=facility, sessions=[key]).publish_message(RedisMessage("session msg"))
+    RedisPublisher(facility=facility, users=["alice"]).publish_message(RedisMessage("user msg"))
+    RedisPublisher(facility=facility, groups=["green"]).publish_message(RedisMessage("group msg"))
+    RedisPublisher(facility=facility, broadcast=True).publish_message(RedisMessage("broadcast msg"))
+
+
+@pytest.mark.parametrize(
+    "audience, expected",
+    [
+        ("session", b"session msg"),
+        ("user", b"user msg"),
+        ("group", b"group msg"),
+        ("broadcast", b"broadcast msg"),
+        ("any", b"session msg"),
+    ],
+)
+def test_fetch_message_for_each_audience(redis_client, make_request, alice, audience, expected):
+    request = make_request(user=alice)
+    publish_everywhere(request)
+    message = RedisPublisher().fetch_message(request, "news", audience)
+    assert message == expected
+    assert isinstance(message, RedisMessage)
+
+
+def test_fetch_any_falls_back_in_the_0_6_0_order(redis_client, make_request, alice):
+    request = make_request(user=alice)
+    publish_everywhere(request)
+    publisher = RedisPublisher()
+    fallbacks = [
+        (f"session:{request.session.session_key}:news", b"user msg"),
+        ("user:alice:news", b"group msg"),
+        ("group:green:news", b"broadcast msg"),
+        ("broadcast:news", None),
+    ]
+    for deleted, expected in fallbacks:
+        redis_client.delete(deleted)
+        assert publisher.fetch_message(request, "news") == expected
+
+
+def test_fetch_for_an_anonymous_request_sees_session_and_broadcast_only(redis_client, make_request):
+    request = make_request()
+    RedisPublisher(facility="news", users=["alice"]).publish_message(RedisMessage("user msg"))
+    RedisPublisher(facility="news", broadcast=True).publish_message(RedisMessage("broadcast msg"))
+    publisher = RedisPublisher()
+    assert publisher.fetch_message(request, "news", "user") is None
+    assert publisher.fetch_message(request, "news", "group") is None
+    assert publisher.fetch_message(request, "news") == b"broadcast msg"
+    RedisPublisher(facility="news", sessions=[request.session.session_key]).publish_message("mine")
+    assert publisher.fetch_message(request, "news") == b"mine"
+
+
+def test_fetch_without_session_or_persisted_message_returns_none(redis_client, make_request):
+    publisher = RedisPublisher()
+    assert publisher.fetch_message(make_request(session=False), "news", "session") is None
+    assert publisher.fetch_message(make_request(), "empty") is None
+
+
+@override_settings(WS4REDIS_PREFIX="site1")
+def test_fetch_uses_the_prefix(redis_client, make_request):
+    RedisPublisher(facility="news", broadcast=True).publish_message(RedisMessage("prefixed"))
+    assert redis_client.exists("site1:broadcast:news")
+    assert RedisPublisher().fetch_message(make_request(), "news") == b"prefixed"
+
+
+def test_fetch_rejects_unknown_audiences(make_request):
+    with pytest.raises(ValueError, match="audience"):
+        RedisPublisher().fetch_message(make_request(), "news", "everyone")
