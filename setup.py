@@ -48,12 +48,22 @@ def extensions():
     except ImportError:
         sys.stderr.write("*** WARNING: Cython is not installed; building ws4redis without speedups.\n")
         return []
+    # The C cores (ext/*.h) and the shared declarations (ext/wscore.pxd) are
+    # compiled into each module that uses them; "depends" rebuilds on change.
+    shared = ["ext/mask_core.h", "ext/utf8_core.h", "ext/wscore.pxd"]
     modules = [
-        Extension(f"ws4redis._speedups_{name}", [f"ext/{name}.pyx"], extra_compile_args=["-O3"])
+        Extension(
+            f"ws4redis._speedups_{name}",
+            [f"ext/{name}.pyx"],
+            include_dirs=["ext"],
+            depends=shared,
+            extra_compile_args=["-O3"],
+        )
         for name in EXTENSIONS
     ]
     return cythonize(
         modules,
+        include_path=["ext"],
         language_level=3,
         compiler_directives={
             "boundscheck": False,
