@@ -9,7 +9,7 @@ port where nothing listens, so a forgotten setup fails loudly instead of
 touching a Redis that belongs to someone else.
 
 The SQLite file lives in a temporary directory shared with subprocesses
-through WS4REDIS_TEST_DB_DIR (created here when unset).
+through WS4REDIS_TEST_DB_DIR (created here when unset, removed by conftest).
 """
 
 import os
@@ -39,13 +39,10 @@ WS4REDIS_CONNECTION = _redis["WS4REDIS_CONNECTION"]
 # Whether this process made the directory (and conftest may delete it at the end).
 DB_DIR_CREATED = "WS4REDIS_TEST_DB_DIR" not in os.environ
 DB_DIR = Path(os.environ.setdefault("WS4REDIS_TEST_DB_DIR", tempfile.mkdtemp(prefix="ws4redis-test-db-")))
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(DB_DIR / "ws4redis.sqlite3"),
-        "TEST": {"NAME": str(DB_DIR / "ws4redis-test.sqlite3")},
-    }
-}
+# The test database is this very file, so server subprocesses (which do not go through
+# pytest-django) see the tables, and the rows of tests marked django_db(transaction=True).
+DB_FILE = str(DB_DIR / "ws4redis.sqlite3")
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DB_FILE, "TEST": {"NAME": DB_FILE}}}
 
 SECRET_KEY = "ws4redis-tests-only-not-secret"
 DEBUG = False
