@@ -322,3 +322,35 @@ def test_many_subscribers_are_not_limited_by_the_shared_pool(subscribers, make_r
         for subscriber in made:
             subscriber.release()
         assert wait_numsub_zero(redis_client, "broadcast:crowd") == {"broadcast:crowd": 0}
+
+
+class ChannelRecorder:
+    """A PubSub stand-in of the kind a server that multiplexes Redis itself hands to subscribers."""
+
+    connection = None
+
+    def __init__(self):
+        self.channels = {}
+
+    @property
+    def subscribed(self):
+        return bool(self.channels)
+
+    def subscribe(self, *names):
+        self.channels.update(dict.fromkeys(name.encode() for name in names))
+
+    def close(self):
+        self.channels.clear()
+
+
+def test_a_server_may_supply_its_own_subscription(subscribers, make_request, redis_client):
+    RedisPublisher(facility="own", broadcast=True).publish_message(RedisMessage("kept"))
+    subscriber = subscribers()
+    subscriber.create_subscription = ChannelRecorder
+    subscriber.set_pubsub_channels(make_request("/ws/own"), ["subscribe-broadcast"])
+    assert subscriber.subscribed_channels == ["broadcast:own"]
+    assert subscriber.get_file_descriptor() is None
+    assert subscriber.get_persisted_messages() == [b"kept"]
+    assert numsub(redis_client, "broadcast:own") == {"broadcast:own": 0}
+    subscriber.release()
+    assert subscriber.subscribed_channels == []
