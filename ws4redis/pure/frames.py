@@ -383,7 +383,8 @@ class FrameParser:
             if key is None:
                 payload = bytes(memoryview(buf)[pos:end])
             else:
-                payload = mask(memoryview(buf)[pos:end], key)
+                # A bytearray slice is the fastest input for mask() at every size.
+                payload = mask(buf[pos:end], key)
             if self._text:
                 if self._fin and opcode == constants.OP_TEXT:
                     # A whole text message in one frame: one-shot validation.
