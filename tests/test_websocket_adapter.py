@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -368,3 +371,61 @@ def test_under_gevent_sockets():
     finally:
         server_sock.close()
         client_sock.close()
+
+
+MONKEY_PATCHED_SCRIPT = """
+from gevent import monkey
+
+monkey.patch_all()
+
+import os
+import socket
+
+import gevent
+
+from ws4redis.speedups import FrameParser, encode_frame
+from ws4redis.websocket import WebSocket
+
+server_sock, client_sock = socket.socketpair()
+assert type(server_sock).__module__.startswith("gevent."), type(server_sock)
+ws = WebSocket(server_sock)
+assert ws.receive_available() == []
+try:
+    ws.receive(timeout=0.05)
+except TimeoutError:
+    pass
+else:
+    raise AssertionError("receive(timeout) returned without a message")
+
+
+def sender(i):
+    for _ in range(10):
+        ws.send(bytes([i]) * 100_000, binary=True)
+
+
+def reader():
+    return [ws.receive() for _ in range(2)]
+
+
+greenlets = [gevent.spawn(sender, i) for i in range(3)] + [gevent.spawn(reader)]
+frame = encode_frame(1, b"hi", mask_key=os.urandom(4))
+client_sock.sendall(frame + encode_frame(2, b"yo", mask_key=os.urandom(4)))
+parser = FrameParser(require_mask=False)
+frames = []
+while len(frames) < 30:
+    frames += parser.feed(client_sock.recv(1 << 16))
+gevent.joinall(greenlets, timeout=10, raise_error=True)
+assert greenlets[-1].value == ["hi", b"yo"], greenlets[-1].value
+assert all(f.payload == f.payload[:1] * 100_000 for f in frames)
+print("ok", len(frames))
+"""
+
+
+def test_under_gevent_monkey_patching():
+    """Monkey-patching must happen first, so this runs in a fresh interpreter."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", MONKEY_PATCHED_SCRIPT], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "30"]
