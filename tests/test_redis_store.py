@@ -180,6 +180,18 @@ def test_expire_defaults_to_the_setting(store, redis_client):
     assert 100 < redis_client.ttl("broadcast:foobar") <= 123
 
 
+def test_a_subclass_expire_attribute_overrides_the_setting(redis_client):
+    class ShortLived(RedisStore):
+        _expire = 5
+
+    store = ShortLived(redis_client)
+    store._publishers = {"broadcast:foobar"}
+    store.publish_message(RedisMessage("x"))
+    assert 0 < redis_client.ttl("broadcast:foobar") <= 5
+    store.publish_message(RedisMessage("y"), expire=500)
+    assert 5 < redis_client.ttl("broadcast:foobar") <= 500
+
+
 def test_expire_zero_publishes_without_persisting(store, redis_client, listener):
     store._publishers = {"broadcast:foobar"}
     subscribe(listener, "broadcast:foobar")

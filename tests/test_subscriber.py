@@ -7,6 +7,7 @@ import select
 import time
 
 import pytest
+import redis
 from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
@@ -76,6 +77,12 @@ def wait_numsub_zero(redis_client, *channels, limit=5.0):
     while any(numsub(redis_client, *channels).values()) and time.monotonic() < deadline:
         time.sleep(0.01)
     return numsub(redis_client, *channels)
+
+
+def kill_pubsub_connection(redis_client, subscriber):
+    """Make Redis drop this subscriber's connection (and no one else's, other tests share the server)."""
+    host, port = subscriber._subscription.connection._sock.getsockname()[:2]
+    assert redis_client.client_kill(f"{host}:{port}")
 
 
 # Channel setup ---------------------------------------------------------------------------------
@@ -208,6 +215,17 @@ def test_heartbeats_from_redis_are_left_out(subscribers, make_request, redis_cli
     assert collect(subscriber, 2) == [b"real", b"also real"]
 
 
+def test_a_lost_redis_connection_is_reported_not_hidden(subscribers, make_request, redis_client):
+    subscriber = subscribers()
+    subscriber.set_pubsub_channels(make_request("/ws/lost"), ["subscribe-broadcast"])
+    wait_readable(subscriber)
+    assert subscriber.get_messages() == []
+    kill_pubsub_connection(redis_client, subscriber)
+    wait_readable(subscriber)
+    with pytest.raises(redis.ConnectionError):
+        subscriber.get_messages()
+
+
 def test_reading_before_subscribing_is_an_error():
     subscriber = RedisSubscriber()
     with pytest.raises(RuntimeError, match="set_pubsub_channels"):
@@ -276,23 +294,27 @@ def test_release_unsubscribes_and_closes_the_connection(subscribers, make_reques
     channels = subscriber.subscribed_channels
     assert len(channels) == 4
     assert set(numsub(redis_client, *channels).values()) == {1}
-    pubsub_clients = redis_client.client_list(_type="pubsub")
+    host, port = subscriber._subscription.connection._sock.getsockname()[:2]
+    address = f"{host}:{port}"
+
+    def connected():
+        return any(client["addr"] == address for client in redis_client.client_list())
+
+    assert connected()
     subscriber.release()
     assert wait_numsub_zero(redis_client, *channels) == dict.fromkeys(channels, 0)
     assert subscriber.get_file_descriptor() is None
     deadline = time.monotonic() + 5
-    remaining = redis_client.client_list(_type="pubsub")
-    while len(remaining) >= len(pubsub_clients) and time.monotonic() < deadline:
+    while connected() and time.monotonic() < deadline:
         time.sleep(0.01)
-        remaining = redis_client.client_list(_type="pubsub")
-    assert len(remaining) == len(pubsub_clients) - 1
+    assert not connected()
     subscriber.release()  # twice is harmless
 
 
 def test_release_after_redis_dropped_the_connection_still_cleans_up(subscribers, make_request, redis_client):
     subscriber = subscribers()
     subscriber.set_pubsub_channels(make_request("/ws/drop"), ["subscribe-broadcast"])
-    redis_client.client_kill_filter(_type="pubsub")
+    kill_pubsub_connection(redis_client, subscriber)
     subscriber.release()
     assert subscriber.get_file_descriptor() is None
     assert wait_numsub_zero(redis_client, "broadcast:drop") == {"broadcast:drop": 0}

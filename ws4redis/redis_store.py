@@ -198,6 +198,9 @@ def channel_names(
 class RedisStore:
     """Publishes to the channels in ``self._publishers`` and persists the last message of each."""
 
+    # Seconds to keep the last message; None follows WS4REDIS_EXPIRE. 0.6.0 subclasses set it.
+    _expire: int | None = None
+
     def __init__(self, connection: Any) -> None:
         self._connection = connection
         self._publishers: set[str] = set()
@@ -218,20 +221,22 @@ class RedisStore:
             message = converted
         return message
 
-    @staticmethod
-    def _expire(expire: int | None) -> int:
-        return private_settings.WS4REDIS_EXPIRE if expire is None else expire
+    def _expire_seconds(self, expire: int | None) -> int:
+        if expire is not None:
+            return expire
+        return private_settings.WS4REDIS_EXPIRE if self._expire is None else self._expire
 
     def publish_message(self, message: Any, expire: int | None = None) -> int:
         """Publish ``message`` on every channel of this store; return how many subscribers got it.
 
-        With ``expire`` > 0 (default WS4REDIS_EXPIRE) the message is also kept
+        With ``expire`` > 0 (default: the class's ``_expire``, else
+        WS4REDIS_EXPIRE) the message is also kept
         under the channel's key for that many seconds, replacing the previous
         one. The key is written BEFORE publishing: a client that subscribes
         meanwhile may see the message twice (persisted and live), never zero times.
         """
         message = self._as_message(message)
-        expire = self._expire(expire)
+        expire = self._expire_seconds(expire)
         receivers = 0
         for channel in sorted(self._publishers):
             if expire > 0:
@@ -244,7 +249,7 @@ class RedisStore:
     ) -> int:
         """``publish_message`` in one round trip (MULTI/EXEC when ``transaction``)."""
         message = self._as_message(message)
-        expire = self._expire(expire)
+        expire = self._expire_seconds(expire)
         if not self._publishers:
             return 0
         pipe = self._connection.pipeline(transaction=transaction)
