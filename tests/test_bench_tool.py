@@ -131,3 +131,52 @@ def test_process_tree_sums_cpu_and_memory_of_forked_workers():
         parent.wait(10)
     with pytest.raises(ProcessGone):
         tree.cpu_seconds()
+
+
+# against real servers
+
+
+@pytest.fixture
+def echo_server():
+    """``python -m ws4redis.echo`` on a free port, with the environment of the test run."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ws4redis.echo", "--bind", "127.0.0.1:0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("listening on "):
+            pytest.fail(f"the echo server did not start: {line!r}", pytrace=False)
+        process.address = line.split()[-1]
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_echo_mode_counts_every_round_trip(echo_server):
+    report, _ = bench(
+        f"ws://{echo_server.address}/", "--mode", "echo", "-n", "5", "-m", "40", "-s", "200",
+        "--server-pid", str(echo_server.pid),
+    )
+    assert report["connected"] == 5
+    assert report["published"] == report["expected"] == 200
+    assert report["delivered"] == 200
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["errors"] == 0
+    latency = report["latency_ms"]
+    assert set(latency) == {"min", "mean", "p50", "p90", "p99", "max"}
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert report["delivered_per_second"] > 0 and report["connections_per_second"] > 0
+    server = report["server"]
+    assert server["pid"] == echo_server.pid and server["processes"] == 1
+    assert server["rss_after_connect_bytes"] > 0
+    assert server["cpu_seconds"] > 0
+    assert server["cpu_per_delivered_message_us"] > 0
+

@@ -127,7 +127,9 @@ class BenchClient(asyncio.Protocol):
         try:
             frames = self._parser.feed(data)
         except ProtocolError as exc:
-            self._fail(f"protocol error from server (close {exc.close_code}): {exc}", exc.close_code)
+            # The bytes say more than the rule they broke: a server that writes
+            # an HTTP error body into an upgraded stream shows up here.
+            self._fail(f"protocol error from server (close {exc.close_code}): {exc}; data: {data[:24]!r}")
             return
         now = monotonic_ns()
         stats = self.stats
@@ -253,10 +255,10 @@ class BenchClient(asyncio.Protocol):
             self.handshake.set_exception(HandshakeFailed(reason))
         self.abort()
 
-    def _fail(self, reason: str, code: int) -> None:
+    def _fail(self, reason: str) -> None:
         self.stats.error(reason)
         self.closing = True
-        self._send(constants.OP_CLOSE, code.to_bytes(2, "big"))
+        self._send(constants.OP_CLOSE, constants.CLOSE_PROTOCOL_ERROR.to_bytes(2, "big"))
         self.transport.close()
 
     def _closed_by_server(self, payload: bytes) -> None:
