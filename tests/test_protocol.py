@@ -174,6 +174,16 @@ def test_close_without_status_is_1005_and_answered_with_1000():
     assert frame.payload == struct.pack("!H", 1000)
 
 
+def test_close_reason_may_be_utf8_bytes():
+    server = WebSocketProtocol()
+    with pytest.raises(ValueError, match="UTF-8"):
+        server.send_close(1000, b"\xff")
+    server.send_close(4000, "ciao ✓".encode())
+    assert server.close_reason == "ciao ✓"
+    [frame] = sent_frames(server)
+    assert frame.payload == close_payload(4000, "ciao ✓".encode())
+
+
 def test_server_initiated_close():
     server = WebSocketProtocol()
     server.send_close(1001, "going away")

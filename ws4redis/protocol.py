@@ -114,8 +114,8 @@ def frame_message(data: str | bytes | bytearray | memoryview, binary: bool = Fal
     return encode_frame(constants.OP_TEXT, _utf8(data, "a text message"))
 
 
-def _close_payload(code: int, reason: str) -> bytes:
-    encoded = reason.encode("utf-8")
+def _close_payload(code: int, reason: str | bytes) -> bytes:
+    encoded = _utf8(reason, "a close reason")
     if len(encoded) > _MAX_CLOSE_REASON:
         raise ValueError(f"a close reason is at most {_MAX_CLOSE_REASON} bytes of UTF-8")
     return _CLOSE_CODE.pack(code) + encoded
@@ -274,8 +274,10 @@ class WebSocketProtocol:
             raise ValueError(f"a control frame payload is at most {constants.MAX_CONTROL_PAYLOAD} bytes")
         return bytes(payload)
 
-    def send_close(self, code: int = constants.CLOSE_NORMAL, reason: str = "") -> None:
+    def send_close(self, code: int = constants.CLOSE_NORMAL, reason: str | bytes = "") -> None:
         """Start the close handshake; the peer's close frame completes it.
+
+        ``reason`` is text, or UTF-8 bytes as 0.6.0 accepted, of at most 123 bytes.
 
         Does nothing once a close has been sent or received: a connection is
         closed only once.
@@ -284,10 +286,11 @@ class WebSocketProtocol:
             return
         if not constants.is_valid_close_code(code):
             raise ValueError(f"{code} is not a close code that may be sent")
-        self._send_frame(constants.OP_CLOSE, _close_payload(code, reason))
+        payload = _close_payload(code, reason)
+        self._send_frame(constants.OP_CLOSE, payload)
         self.state = State.CLOSING
         self.close_code = code
-        self.close_reason = reason
+        self.close_reason = payload[_CLOSE_CODE.size :].decode("utf-8")
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call (b"" when nothing)."""

@@ -233,7 +233,7 @@ class WebSocket:
             self._protocol.send_ping(payload)
         self._write()
 
-    def close(self, code: int = constants.CLOSE_NORMAL, message: str = "") -> None:
+    def close(self, code: int = constants.CLOSE_NORMAL, message: str | bytes = "") -> None:
         """Send a close frame (once) and consider the websocket closed.
 
         As in 0.6.0 the socket itself is left to its owner. A dead socket is
