@@ -17,7 +17,8 @@ Differences from django-websocket-redis 0.6.0, all on purpose:
 * ``release()`` always unsubscribes and closes the pub/sub connection, also
   when subscribing failed half-way.
 * The pub/sub connection is this subscriber's own, from an uncapped pool
-  (``ws4redis.connection``); publishing uses the shared, bounded pool.
+  (``ws4redis.connection``), unless the server supplies the subscription
+  through ``create_subscription``; publishing uses the shared, bounded pool.
 """
 
 from __future__ import annotations
