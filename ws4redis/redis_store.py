@@ -207,6 +207,7 @@ class RedisStore:
 
     @staticmethod
     def get_prefix() -> str:
+        """``'<WS4REDIS_PREFIX>:'`` or ``''`` (0.6.0 had it here)."""
         return get_prefix()
 
     @staticmethod
@@ -230,10 +231,10 @@ class RedisStore:
         """Publish ``message`` on every channel of this store; return how many subscribers got it.
 
         With ``expire`` > 0 (default: the class's ``_expire``, else
-        WS4REDIS_EXPIRE) the message is also kept
-        under the channel's key for that many seconds, replacing the previous
-        one. The key is written BEFORE publishing: a client that subscribes
-        meanwhile may see the message twice (persisted and live), never zero times.
+        WS4REDIS_EXPIRE) the message is also kept under the channel's key for
+        that many seconds, replacing the previous one. The key is written
+        BEFORE publishing: a client that subscribes meanwhile may see the
+        message twice (persisted and live), never zero times.
         """
         message = self._as_message(message)
         expire = self._expire_seconds(expire)
