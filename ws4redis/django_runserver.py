@@ -1,0 +1,119 @@
+"""Websockets in ``manage.py runserver``: set WSGI_APPLICATION = 'ws4redis.django_runserver.application'.
+
+Requests under WEBSOCKET_URL become websockets, everything else goes to
+Django's own WSGI application. Development only, as runserver itself: each
+websocket holds one of runserver's threads for as long as it is open.
+
+How the connection is taken over. Django's development server is the
+standard library's ``wsgiref`` on top of ``socketserver``, and this module
+only uses those standard objects, never a Django internal (Django 4.2, 5.2
+and 6.0 pass the same ones):
+
+* ``start_response`` is the bound method of the ``wsgiref.handlers.BaseHandler``
+  serving the request (PEP 3333 leaves its type open; wsgiref's is fixed).
+* That handler's ``request_handler`` is the back-pointer both
+  ``wsgiref.simple_server`` and Django set to the
+  ``socketserver.StreamRequestHandler``, whose ``connection`` is the client
+  socket and ``rfile`` the buffered reader of the request head.
+* The 101 answer is written straight to the socket: wsgiref refuses the
+  hop-by-hop headers a 101 needs (Upgrade, Connection) and Django's handler
+  would add ``Connection: close``. The handler is then told its headers
+  went out (``headers_sent``) and the request handler that the connection
+  ends with this request (``close_connection``, documented in http.server),
+  so after the websocket ends wsgiref writes nothing, only logs the request.
+
+Any other server calling this application gets a 500 saying so, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+from typing import Any
+from wsgiref.handlers import BaseHandler
+
+from django.core.wsgi import get_wsgi_application
+
+from ws4redis import settings as private_settings
+from ws4redis.exceptions import HandshakeError
+from ws4redis.handshake import Handshake, upgrade_response
+from ws4redis.websocket import WebSocket
+from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer
+
+__all__ = ["WebsocketRunServer", "application"]
+
+logger = logging.getLogger("ws4redis")
+
+_LEFTOVER_READ = 1 << 16
+
+
+def _wsgiref_request_handler(start_response: StartResponse) -> tuple[BaseHandler, Any]:
+    """The wsgiref handler behind ``start_response`` and its socketserver request handler."""
+    handler = getattr(start_response, "__self__", None)
+    request_handler = getattr(handler, "request_handler", None)
+    if not isinstance(handler, BaseHandler) or not hasattr(request_handler, "connection"):
+        raise HandshakeError(
+            "Internal Server Error: ws4redis.django_runserver only works under Django's development "
+            "server (manage.py runserver); under uWSGI use ws4redis.uwsgi_runserver",
+            500,
+        )
+    if not isinstance(request_handler.server, socketserver.ThreadingMixIn):
+        raise HandshakeError(
+            "Internal Server Error: websockets need the threaded development server; "
+            "run manage.py runserver without --nothreading",
+            500,
+        )
+    return handler, request_handler
+
+
+def _buffered_bytes(request_handler: Any) -> bytes:
+    """Bytes the request handler's reader took from the socket beyond the request head.
+
+    A client may send its first frames right behind the handshake; they sit
+    in ``rfile``'s buffer, where reading the socket would never find them.
+    With the socket non-blocking, ``read1`` returns just what is buffered.
+    """
+    sock = request_handler.connection
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        return request_handler.rfile.read1(_LEFTOVER_READ) or b""
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.settimeout(timeout)
+
+
+class WebsocketRunServer(WebsocketWSGIServer):
+    """The websocket application for Django's threaded development server."""
+
+    def upgrade_websocket(
+        self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake,
+        subprotocol: str | None,
+    ) -> WebSocket:
+        handler, request_handler = _wsgiref_request_handler(start_response)
+        sock = request_handler.connection
+        initial = _buffered_bytes(request_handler)
+        # Recorded for wsgiref's access log line; the response itself goes out below.
+        start_response("101 Switching Protocols", [])
+        sock.sendall(upgrade_response(handshake, subprotocol))
+        handler.headers_sent = True
+        request_handler.close_connection = True
+        return WebSocket(
+            sock,
+            initial=initial,
+            max_message_size=private_settings.WS4REDIS_MAX_MESSAGE_SIZE,
+            max_fragments=private_settings.max_fragments(),
+        )
+
+
+_django_app = get_wsgi_application()
+_websocket_app = WebsocketRunServer()
+
+
+def application(environ: dict[str, Any], start_response: StartResponse) -> Any:
+    """Websockets under WEBSOCKET_URL, Django for everything else."""
+    if environ.get("PATH_INFO", "").startswith(private_settings.WEBSOCKET_URL):
+        return _websocket_app(environ, start_response)
+    return _django_app(environ, start_response)

@@ -1,0 +1,148 @@
+"""From a WSGI environ to what a websocket may do: handshake, request, session, user, channels.
+
+Every websocket server of ws4redis (the development server, uWSGI, gevent)
+runs the same steps before its own loop starts, so they live here, apart
+from any loop:
+
+1. :func:`check_handshake`: the upgrade request is valid and the page that
+   opens it comes from an allowed origin (HandshakeError 400/403/405/426
+   otherwise, with a readable message).
+2. :func:`negotiate`: the request is built as Django views see it (session
+   from the session cookie through SESSION_ENGINE, a lazy ``request.user``,
+   or whatever WS4REDIS_PROCESS_REQUEST makes of it), the channels asked for
+   in the query string (``?subscribe-broadcast&publish-user&echo``) are read
+   and passed through WS4REDIS_ALLOWED_CHANNELS, which may raise
+   PermissionDenied (403).
+3. The server subscribes (``set_pubsub_channels``), which may look the user
+   up, then calls :func:`release_database_connections`: a websocket lives
+   for hours and must not hold a database connection all that time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIRequest
+from django.db import connections
+from django.utils.functional import SimpleLazyObject
+
+from ws4redis import settings as private_settings
+from ws4redis.exceptions import HandshakeError
+from ws4redis.handshake import Handshake, headers_from_environ, validate_upgrade
+
+__all__ = [
+    "ECHO",
+    "Negotiation",
+    "attach_session_and_user",
+    "build_request",
+    "check_handshake",
+    "negotiate",
+    "release_database_connections",
+    "requested_channels",
+]
+
+logger = logging.getLogger("ws4redis")
+
+ECHO = "echo"
+"""Query parameter asking to receive one's own published messages back."""
+
+
+@dataclass
+class Negotiation:
+    """What one websocket was granted: the request it came with and its channels."""
+
+    request: WSGIRequest
+    channels: list[str]
+    echo: bool
+    subprotocol: str | None
+
+
+def check_handshake(environ: Mapping[str, Any]) -> Handshake:
+    """Validate the upgrade request and its Origin; HandshakeError tells the client why not."""
+    handshake = validate_upgrade(str(environ.get("REQUEST_METHOD", "")), headers_from_environ(environ))
+    origin = environ.get("HTTP_ORIGIN")
+    if not private_settings.origin_allowed(origin):
+        raise HandshakeError(
+            f"Forbidden: origin {origin!r} may not open websockets here (see WS4REDIS_ALLOWED_ORIGINS)", 403
+        )
+    return handshake
+
+
+def attach_session_and_user(request: WSGIRequest) -> None:
+    """Give ``request`` the session and user that Django's middleware would give it.
+
+    The session is loaded from the session cookie through SESSION_ENGINE
+    (without a cookie it is an empty session whose key is None); the user is
+    looked up lazily, so websockets that only need broadcast channels never
+    touch the database. Without django.contrib.sessions (or .auth) installed,
+    ``request.session`` (or ``request.user``) is None, as in 0.6.0.
+    """
+    request.session = None
+    request.user = None
+    if not apps.is_installed("django.contrib.sessions"):
+        return
+    engine = import_module(settings.SESSION_ENGINE)
+    request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
+    if apps.is_installed("django.contrib.auth"):
+        from django.contrib.auth import get_user
+
+        request.user = SimpleLazyObject(lambda: get_user(request))
+
+
+def build_request(environ: dict[str, Any]) -> WSGIRequest:
+    """The Django request of a websocket handshake, processed by WS4REDIS_PROCESS_REQUEST if set.
+
+    As in 0.6.0, a WS4REDIS_PROCESS_REQUEST callable replaces the default
+    session and user lookup (it may call :func:`attach_session_and_user`).
+    """
+    request = WSGIRequest(environ)
+    process_request = private_settings.resolve_callable("WS4REDIS_PROCESS_REQUEST")
+    if process_request is not None:
+        process_request(request)
+    else:
+        attach_session_and_user(request)
+    return request
+
+
+def requested_channels(request: WSGIRequest, possible: list[str]) -> tuple[list[str], bool]:
+    """The channel names of ``possible`` found in the query string, and whether ``echo`` was asked for.
+
+    Parameters are matched case-insensitively and ignoring surrounding
+    blanks; unknown ones are ignored, as in 0.6.0.
+    """
+    channels: list[str] = []
+    echo = False
+    for parameter in request.GET:
+        name = parameter.strip().lower()
+        if name in possible and name not in channels:
+            channels.append(name)
+        elif name == ECHO:
+            echo = True
+    return channels, echo
+
+
+def negotiate(environ: dict[str, Any], handshake: Handshake, subscriber_class: type) -> Negotiation:
+    """Build the request and settle its channels; PermissionDenied from WS4REDIS_ALLOWED_CHANNELS passes.
+
+    The first subprotocol the client offered is the one agreed on (0.6.0
+    answered with the first one too).
+    """
+    request = build_request(environ)
+    possible = list(subscriber_class.subscription_channels) + list(subscriber_class.publish_channels)
+    channels, echo = requested_channels(request, possible)
+    allowed_channels = private_settings.resolve_callable("WS4REDIS_ALLOWED_CHANNELS")
+    if allowed_channels is not None:
+        channels = list(allowed_channels(request, channels))
+    subprotocol = handshake.subprotocols[0] if handshake.subprotocols else None
+    return Negotiation(request=request, channels=channels, echo=echo, subprotocol=subprotocol)
+
+
+def release_database_connections() -> None:
+    """Close this thread's (or greenlet's) database connections once the setup is done."""
+    connections.close_all()

@@ -1,0 +1,277 @@
+"""The websocket side of a WSGI server: 0.6.0's ``WebsocketWSGIServer``, corrected.
+
+``WebsocketWSGIServer`` is a WSGI application for requests under
+WEBSOCKET_URL. It checks the handshake, settles the channels (see
+:mod:`ws4redis.session`), subscribes, upgrades the connection and then runs
+one loop per websocket that waits on two descriptors: the websocket and the
+subscriber's Redis connection.
+
+What a server adapter provides (``ws4redis.django_runserver``,
+``ws4redis.uwsgi_runserver``):
+
+* ``upgrade_websocket(environ, start_response, handshake, subprotocol)``
+  sends the 101 answer and returns a websocket object with
+  ``receive_available()``, ``send(message, binary)``, ``ping()``,
+  ``close(code, reason)``, ``closed`` and ``get_file_descriptor()``;
+* ``poll_factory`` (or ``select``, the hook 0.6.0 had): how to wait on
+  descriptors without blocking other connections. Both use ``poll``
+  semantics, never ``select(2)``, whose descriptor numbers stop at 1024.
+
+The rules of the loop, compared with 0.6.0:
+
+* Every message Redis has buffered is delivered when its descriptor wakes up
+  (0.6.0 delivered one per wake-up: four of a burst of five waited).
+* Payloads that are valid UTF-8 go out as text frames, anything else as
+  binary frames, so a browser never receives invalid UTF-8 in a text frame.
+* Text received is published as text, binary as bytes; the heartbeat
+  (WS4REDIS_HEARTBEAT) is never published, the server answers it with the
+  heartbeat, and also sends it after LEGACY_HEARTBEAT_INTERVAL idle seconds
+  (0.6.0's loop sent it after every 4-second ``select``).
+* Without ``echo`` a client does not get its own messages back: copies of
+  what it published that return on a channel it also listens to are
+  dropped, exactly those (0.6.0 compared with the last message received,
+  which also hid other clients' identical messages).
+* The subscription is released on every way out, and nothing is written to
+  the connection after the upgrade except websocket frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+import redis
+from django.core.exceptions import PermissionDenied
+
+from ws4redis import constants
+from ws4redis import settings as private_settings
+from ws4redis.exceptions import ConnectionClosed, HandshakeError
+from ws4redis.handshake import Handshake
+from ws4redis.redis_store import RedisMessage
+from ws4redis.session import check_handshake, negotiate, release_database_connections
+from ws4redis.speedups import validate_utf8
+
+__all__ = ["EchoFilter", "WebsocketWSGIServer", "deliver"]
+
+logger = logging.getLogger("ws4redis")
+
+StartResponse = Callable[..., Any]
+
+_READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+
+def deliver(websocket: Any, payload: bytes) -> None:
+    """Send a message from Redis: a text frame when it is UTF-8, a binary frame otherwise."""
+    websocket.send(payload, binary=not validate_utf8(payload))
+
+
+class EchoFilter:
+    """Recognises the copies of a client's own messages coming back from Redis.
+
+    A message published on a channel the same websocket listens to comes
+    back once per such channel; each copy is counted when published and
+    dropped when it arrives, so identical messages of other clients still
+    get through.
+    """
+
+    def __init__(self, publishers: Iterable[str], subscribed: Iterable[str]) -> None:
+        self.channels = frozenset(publishers) & frozenset(subscribed)
+        self._pending: Counter[tuple[str, bytes]] = Counter()
+
+    def published(self, payload: bytes) -> None:
+        for channel in self.channels:
+            self._pending[(channel, payload)] += 1
+
+    def is_echo(self, channel: str, payload: bytes) -> bool:
+        key = (channel, payload)
+        count = self._pending.get(key, 0)
+        if not count:
+            return False
+        if count == 1:
+            del self._pending[key]
+        else:
+            self._pending[key] = count - 1
+        return True
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class WebsocketWSGIServer:
+    """The WSGI application answering websocket requests; subclasses adapt it to a server."""
+
+    poll_factory: Callable[[], Any] = staticmethod(lambda: select.poll())
+
+    def __init__(self, redis_connection: redis.Redis | None = None) -> None:
+        """Check the settings now, so a misconfiguration stops the server at start-up.
+
+        ``redis_connection`` is handed to every subscriber (for publishing and
+        persisted messages); None uses the shared pool of ws4redis.connection.
+        """
+        private_settings.validate_settings()
+        self.Subscriber = private_settings.subscriber_class()
+        self.possible_channels = list(self.Subscriber.subscription_channels) + list(
+            self.Subscriber.publish_channels
+        )
+        self._redis_connection = redis_connection
+
+    # --- hooks of the server adapters ------------------------------------------------------------
+
+    def upgrade_websocket(
+        self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake,
+        subprotocol: str | None,
+    ) -> Any:
+        """Send 101 Switching Protocols and return the websocket; each server adapter implements it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot upgrade connections: use ws4redis.django_runserver "
+            "or ws4redis.uwsgi_runserver"
+        )
+
+    def select(
+        self, rlist: list[int], wlist: list[int], xlist: list[int], timeout: float | None = None
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Wait until a descriptor is ready, like 0.6.0's hook, but with ``poll`` (no fd limit)."""
+        poller = self.poll_factory()
+        masks: dict[int, int] = {}
+        for fds, mask in ((rlist, select.POLLIN), (wlist, select.POLLOUT), (xlist, select.POLLPRI)):
+            for fd in fds:
+                masks[fd] = masks.get(fd, 0) | mask
+        for fd, mask in masks.items():
+            poller.register(fd, mask)
+        events = poller.poll(None if timeout is None else timeout * 1000.0)
+        readable = [fd for fd, event in events if event & _READABLE and fd in rlist]
+        writable = [fd for fd, event in events if event & (select.POLLOUT | select.POLLERR) and fd in wlist]
+        exceptional = [fd for fd, event in events if event & select.POLLPRI and fd in xlist]
+        return readable, writable, exceptional
+
+    # --- the WSGI application --------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            handshake = check_handshake(environ)
+        except HandshakeError as exc:
+            logger.info("ws4redis: refused %s %s: %s", environ.get("REQUEST_METHOD"),
+                        environ.get("PATH_INFO"), exc)
+            return self.refuse(start_response, exc.status, str(exc), exc.headers)
+        subscriber = self.Subscriber(self._redis_connection)
+        try:
+            return self._serve(environ, start_response, handshake, subscriber)
+        finally:
+            subscriber.release()
+
+    def _serve(
+        self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake, subscriber: Any
+    ) -> Iterable[bytes]:
+        try:
+            try:
+                negotiation = negotiate(environ, handshake, self.Subscriber)
+                subscriber.set_pubsub_channels(negotiation.request, negotiation.channels)
+            finally:
+                release_database_connections()
+        except PermissionDenied as exc:
+            logger.info("ws4redis: WS4REDIS_ALLOWED_CHANNELS refused %s: %s", environ.get("PATH_INFO"), exc)
+            return self.refuse(start_response, 403, f"Forbidden: {exc or 'these channels are not allowed'}")
+        except redis.RedisError as exc:
+            logger.error("ws4redis: cannot subscribe, Redis failed: %s", exc)
+            return self.refuse(start_response, 503, "Service Unavailable: the message broker is unreachable")
+        logger.debug("ws4redis: %s subscribed to %s, publishing on %s", environ.get("PATH_INFO"),
+                     subscriber.subscribed_channels, sorted(subscriber.publishers))
+        try:
+            websocket = self.upgrade_websocket(environ, start_response, handshake, negotiation.subprotocol)
+        except HandshakeError as exc:
+            logger.error("ws4redis: cannot upgrade %s: %s", environ.get("PATH_INFO"), exc)
+            return self.refuse(start_response, exc.status, str(exc), exc.headers)
+        self.serve_websocket(websocket, subscriber, negotiation.echo)
+        return []
+
+    @staticmethod
+    def refuse(
+        start_response: StartResponse, status: int, message: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> list[bytes]:
+        """Answer a request that does not become a websocket, with ``message`` as a readable body."""
+        body = (message + "\n").encode("utf-8")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        start_response(
+            f"{status} {phrase}",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *headers],
+        )
+        return [body]
+
+    # --- the loop of one websocket ----------------------------------------------------------------
+
+    def serve_websocket(self, websocket: Any, subscriber: Any, echo: bool) -> None:
+        """Relay between ``websocket`` and Redis until either side ends; never raises."""
+        try:
+            self._relay(websocket, subscriber, echo)
+        except ConnectionClosed as exc:
+            logger.debug("ws4redis: websocket gone: %s", exc)
+        except redis.RedisError as exc:
+            logger.error("ws4redis: Redis failed, closing the websocket with 1011: %s", exc)
+            websocket.close(constants.CLOSE_INTERNAL_ERROR, "message broker unavailable")
+        except Exception:
+            # After the upgrade no HTTP error can be sent: log it, close the websocket, keep serving.
+            logger.exception("ws4redis: error in the websocket loop, closing the websocket with 1011")
+            websocket.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
+
+    def _relay(self, websocket: Any, subscriber: Any, echo: bool) -> None:
+        for message in subscriber.get_persisted_messages():
+            deliver(websocket, message)
+        echo_filter = None if echo else EchoFilter(subscriber.publishers, subscriber.subscribed_channels)
+        websocket_fd = websocket.get_file_descriptor()
+        redis_fd = subscriber.get_file_descriptor()
+        rlist = [websocket_fd] if redis_fd is None else [websocket_fd, redis_fd]
+        heartbeat = private_settings.WS4REDIS_HEARTBEAT
+        ping_interval = private_settings.WS4REDIS_PING_INTERVAL
+        timeout = min(
+            (t for t in (heartbeat and constants.LEGACY_HEARTBEAT_INTERVAL, ping_interval) if t), default=None
+        )
+        last_ping = time.monotonic()
+        while not websocket.closed:
+            ready = self.select(rlist, [], [], timeout)[0]
+            if not ready:
+                # Idle: keep the connection (and proxies on the way) alive, then read anyway, which
+                # lets adapters whose library pings from its read call (uWSGI) do so.
+                if heartbeat:
+                    websocket.send(heartbeat)
+                if ping_interval and time.monotonic() - last_ping >= ping_interval:
+                    websocket.ping()
+                    last_ping = time.monotonic()
+                ready = [websocket_fd]
+            if websocket_fd in ready:
+                self._publish_received(websocket, subscriber, echo_filter, heartbeat)
+            if redis_fd is not None and redis_fd in ready and not websocket.closed:
+                self._deliver_buffered(websocket, subscriber, echo_filter)
+
+    @staticmethod
+    def _publish_received(websocket: Any, subscriber: Any, echo_filter: EchoFilter | None,
+                          heartbeat: str | None) -> None:
+        """Publish every complete message from the client; answer heartbeats instead of publishing them."""
+        for message in websocket.receive_available():
+            payload = RedisMessage(message)
+            if payload is None:
+                # RedisMessage turns exactly the heartbeat into None.
+                websocket.send(heartbeat)
+            elif payload:
+                subscriber.publish_message(payload)
+                if echo_filter is not None:
+                    echo_filter.published(bytes(payload))
+
+    @staticmethod
+    def _deliver_buffered(websocket: Any, subscriber: Any, echo_filter: EchoFilter | None) -> None:
+        """Deliver every message Redis has buffered, not only the first."""
+        for reply in subscriber.parse_responses():
+            payload = RedisMessage(reply)
+            if payload is None:
+                continue  # subscribe confirmations, heartbeats
+            if echo_filter is not None and echo_filter.is_echo(_text(reply[-2]), bytes(payload)):
+                continue
+            deliver(websocket, payload)
