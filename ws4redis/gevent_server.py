@@ -1,0 +1,652 @@
+"""The production websocket server: gevent, one greenlet per websocket, one Redis pub/sub per process.
+
+Every accepted connection is handled by :class:`WebSocketHandler`. The first
+request head is read here, with the limits of ``ws4redis.handshake`` (431/414
+for oversized heads, 408 when it takes longer than WS4REDIS_HANDSHAKE_TIMEOUT):
+
+* under WEBSOCKET_URL it becomes a websocket (handshake and channel
+  negotiation from ``ws4redis.session``, exactly as the other servers do);
+* anything else goes to the Django WSGI application through gevent's
+  pywsgi (keep-alive included), or gets 404 with ``websocket_only``.
+
+An open websocket is a :class:`WebSocketConnection`: its handler greenlet
+reads and parses frames (``ws4redis.protocol`` over the compiled core) and
+publishes through the subscriber; live messages arrive from the process's
+:class:`ws4redis.hub.Hub`, already framed, and are written with non-blocking
+``os.writev`` from a bounded queue. A client that cannot keep up is closed
+with 1008 instead of growing the process. There is no second greenlet per
+connection: a blocked socket is resumed by a libev write watcher.
+
+This module expects gevent's monkey-patching to be done (``python -m ws4redis
+serve`` and ``manage.py runwebsocket`` do it before Django and redis-py are
+imported).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.pool
+import redis
+from django.core.exceptions import PermissionDenied
+from gevent.event import Event
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from ws4redis import constants
+from ws4redis import settings as private_settings
+from ws4redis.exceptions import HandshakeError
+from ws4redis.handshake import error_response, parse_request_head, request_head_length, upgrade_response
+from ws4redis.hub import Hub, SubscriptionRecorder, frame_once, get_hub
+from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol
+from ws4redis.redis_store import RedisMessage
+from ws4redis.session import check_handshake, negotiate, release_database_connections
+
+__all__ = ["ServerConfig", "WebSocketConnection", "WebSocketHandler", "WebSocketServer", "run_worker"]
+
+logger = logging.getLogger("ws4redis")
+
+IOV_MAX = os.sysconf("SC_IOV_MAX")
+# Redis failures while publishing or reading persisted messages: the websocket survives them.
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+# Connection states, ordered: deliveries are accepted while state <= OPEN.
+SETUP, OPEN, CLOSING, CLOSED = range(4)
+
+
+class ServerConfig:
+    """The settings a worker reads once at start-up (validated by ``validate_settings``)."""
+
+    __slots__ = (
+        "websocket_url", "websocket_only", "heartbeat", "ping_interval", "ping_timeout", "queue_bytes",
+        "queue_messages", "max_message_size", "max_fragments", "handshake_timeout", "shutdown_timeout",
+        "tick", "subscriber_class",
+    )
+
+    def __init__(self, websocket_only: bool = False) -> None:
+        self.websocket_url: str = private_settings.WEBSOCKET_URL
+        self.websocket_only = websocket_only
+        heartbeat = private_settings.WS4REDIS_HEARTBEAT
+        self.heartbeat: bytes | None = heartbeat.encode() if heartbeat else None
+        self.ping_interval: float | None = private_settings.WS4REDIS_PING_INTERVAL
+        self.ping_timeout: float = private_settings.WS4REDIS_PING_TIMEOUT
+        self.queue_bytes: int = private_settings.WS4REDIS_SEND_QUEUE_BYTES
+        self.queue_messages: int = private_settings.WS4REDIS_SEND_QUEUE_MESSAGES
+        self.max_message_size: int = private_settings.WS4REDIS_MAX_MESSAGE_SIZE
+        self.max_fragments: int = private_settings.max_fragments()
+        self.handshake_timeout: float = private_settings.WS4REDIS_HANDSHAKE_TIMEOUT
+        self.shutdown_timeout: float = private_settings.WS4REDIS_SHUTDOWN_TIMEOUT
+        # How long a websocket may stay silent before the server acts (ping, heartbeat, timeout).
+        ticks = [self.ping_timeout]
+        if self.ping_interval is not None:
+            ticks.append(self.ping_interval)
+        if self.heartbeat is not None:
+            ticks.append(constants.LEGACY_HEARTBEAT_INTERVAL)
+        self.tick: float = min(ticks)
+        self.subscriber_class: type = hub_subscriber_class(private_settings.subscriber_class())
+
+
+def hub_subscriber_class(base: type) -> type:
+    """``base`` (WS4REDIS_SUBSCRIBER) with its subscriptions recorded for the hub, not opened."""
+
+    def create_subscription(self: Any) -> SubscriptionRecorder:
+        return SubscriptionRecorder()
+
+    return type(base.__name__, (base,), {"create_subscription": create_subscription, "__module__": __name__})
+
+
+class WebSocketConnection:
+    """One open websocket: the hub's listener and the state of its handler greenlet.
+
+    Outgoing frames (live messages framed once by the hub, and this
+    connection's own control frames) share one queue, bounded by
+    WS4REDIS_SEND_QUEUE_BYTES/MESSAGES, written with non-blocking
+    ``os.writev``; when the socket is full a libev write watcher resumes the
+    writing, so one slow client never blocks the hub or other clients.
+    """
+
+    __slots__ = (
+        "sock", "_fd", "protocol", "subscriber", "channels", "patterns", "echo", "suppress", "config",
+        "server", "peer", "_state", "_queue", "_queued_bytes", "_offset", "_watcher", "_blocked", "_drained",
+        "_persisted", "_last_recv", "_ping_sent", "_closing_since", "__weakref__",
+    )
+
+    def __init__(self, sock: socket.socket, subscriber: Any, config: ServerConfig, server: WebSocketServer,
+                 peer: str, echo: bool) -> None:
+        self.sock = sock
+        self._fd = sock.fileno()
+        self.protocol = WebSocketProtocol(max_message_size=config.max_message_size,
+                                          max_fragments=config.max_fragments)
+        self.subscriber = subscriber
+        recorder = getattr(subscriber, "_subscription", None)
+        self.channels: tuple[bytes, ...] = tuple(getattr(recorder, "channels", ()))
+        self.patterns: tuple[bytes, ...] = tuple(getattr(recorder, "patterns", ()))
+        # 0.6.0: without ?echo a client does not get back the last message it sent.
+        self.echo = echo
+        self.suppress = b""
+        self.config = config
+        self.server = server
+        self.peer = peer
+        self._state = SETUP
+        self._queue: list[bytes] = []
+        self._queued_bytes = 0
+        self._offset = 0  # bytes of _queue[0] already written
+        self._watcher: Any = None
+        self._blocked = False  # waiting for the socket to become writable
+        self._drained: Event | None = None
+        self._persisted: list[bytes] | None = None
+        self._last_recv = time.monotonic()
+        self._ping_sent = 0.0
+        self._closing_since = 0.0
+
+    # --- the hub's side ---------------------------------------------------
+
+    def deliver(self, frame: bytes, payload: bytes) -> bool:
+        """Queue a frame framed by the hub; True when this connection needs a flush."""
+        if self._state > OPEN:
+            return False
+        suppress = self.suppress
+        if suppress and payload == suppress:
+            return False
+        queue = self._queue
+        queue.append(frame)
+        self._queued_bytes += len(frame)
+        if self._queued_bytes > self.config.queue_bytes or len(queue) > self.config.queue_messages:
+            self._overflow()
+            return False
+        return len(queue) == 1 and self._state == OPEN and not self._blocked
+
+    def flush(self) -> None:
+        """Write what is queued, as far as the socket takes it without blocking."""
+        if self._queue and not self._blocked and self._state != SETUP and self._state != CLOSED:
+            self._write()
+
+    def send(self, message: str | bytes) -> None:
+        """Send one message (0.6.0's ``websocket.send``; custom subscribers call it for persisted ones)."""
+        frame = frame_once(message.encode() if isinstance(message, str) else bytes(message))
+        if self._persisted is not None:
+            self._persisted.append(frame)
+        elif self._state <= OPEN:
+            self._send_frames(frame)
+
+    # --- writing ----------------------------------------------------------
+
+    def _send_frames(self, data: bytes) -> None:
+        """Queue bytes of our own (control frames, heartbeats) and write them now if possible."""
+        if not data or self._state == CLOSED:
+            return
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        self.flush()
+
+    def _write(self) -> None:
+        queue = self._queue
+        offset = self._offset
+        try:
+            if len(queue) == 1:
+                sent = os.write(self._fd, memoryview(queue[0])[offset:] if offset else queue[0])
+            else:
+                buffers: list[Any] = queue[:IOV_MAX]
+                if offset:
+                    buffers[0] = memoryview(buffers[0])[offset:]
+                sent = os.writev(self._fd, buffers)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._abort(f"write failed: {exc}")
+            return
+        self._queued_bytes -= sent
+        offset += sent
+        done = 0
+        for frame in queue:
+            if offset < len(frame):
+                break
+            offset -= len(frame)
+            done += 1
+        if done == len(queue):
+            queue.clear()
+        elif done:
+            del queue[:done]
+        self._offset = offset
+        if queue:
+            if not self._blocked:
+                if self._watcher is None:
+                    self._watcher = gevent.get_hub().loop.io(self._fd, 2)
+                self._watcher.start(self._on_writable)
+                self._blocked = True
+        else:
+            if self._blocked:
+                self._watcher.stop()
+                self._blocked = False
+            if self._drained is not None:
+                self._drained.set()
+
+    def _on_writable(self) -> None:
+        self._watcher.stop()
+        self._blocked = False
+        if self._state != CLOSED:
+            self._write()
+
+    def _overflow(self) -> None:
+        logger.warning(
+            "ws4redis: closing websocket of %s with 1008: it fell %d messages / %d bytes behind "
+            "(WS4REDIS_SEND_QUEUE_MESSAGES=%d, WS4REDIS_SEND_QUEUE_BYTES=%d)",
+            self.peer, len(self._queue), self._queued_bytes, self.config.queue_messages,
+            self.config.queue_bytes,
+        )
+        # Only whole frames may reach the wire: keep the one already partly written.
+        queue = self._queue
+        kept = queue[:1] if self._offset else []
+        self._queue = kept
+        self._queued_bytes = len(kept[0]) - self._offset if kept else 0
+        self.close(constants.CLOSE_POLICY_VIOLATION, "send queue overflow: client too slow")
+        self._stop_reading()
+
+    def _abort(self, reason: str) -> None:
+        """The peer is gone: drop everything queued and wake the handler greenlet."""
+        logger.debug("ws4redis: websocket of %s aborted: %s", self.peer, reason)
+        self._state = CLOSED
+        self._queue = []
+        self._queued_bytes = 0
+        self._offset = 0
+        if self._blocked:
+            self._watcher.stop()
+            self._blocked = False
+        if self._drained is not None:
+            self._drained.set()
+        self._stop_reading(socket.SHUT_RDWR)
+
+    def _stop_reading(self, how: int = socket.SHUT_RD) -> None:
+        try:
+            self.sock.shutdown(how)
+        except OSError as exc:  # already disconnected: the handler greenlet sees EOF anyway
+            logger.debug("ws4redis: shutdown of %s: %s", self.peer, exc)
+
+    # --- closing ----------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the close handshake (from any greenlet); no data frame follows the close frame."""
+        if self._state >= CLOSING:
+            return
+        self._state = CLOSING
+        self._closing_since = time.monotonic()
+        self.protocol.send_close(code, reason)
+        self._send_frames(self.protocol.data_to_send())
+
+    def _wait_drained(self, timeout: float) -> None:
+        if self._queue and self._state != CLOSED:
+            self._drained = Event()
+            self._drained.wait(timeout)
+
+    # --- the handler greenlet ---------------------------------------------
+
+    def start(self, hub: Hub) -> None:
+        """Subscribe, queue the persisted messages ahead of live ones, then let the writes flow."""
+        confirmed = hub.subscribe(self, self.channels, self.patterns)
+        if not confirmed:
+            logger.warning("ws4redis: Redis did not confirm the subscriptions of %s in time", self.peer)
+        self._persisted = []
+        try:
+            self.subscriber.send_persisted_messages(self)
+        except REDIS_ERRORS as exc:
+            logger.warning("ws4redis: persisted messages for %s unavailable (%s); the hub re-sends them "
+                           "once Redis is back", self.peer, exc)
+        persisted, self._persisted = self._persisted, None
+        if self._state != SETUP:
+            return  # closed meanwhile (overflow or shutdown)
+        self._queue[:0] = persisted
+        self._queued_bytes += sum(len(frame) for frame in persisted)
+        self._state = OPEN
+        self.flush()
+
+    def run(self, data: bytes = b"") -> None:
+        """Read frames (``data`` first) until the websocket is closed; never raises for what a peer does."""
+        sock = self.sock
+        protocol = self.protocol
+        sock.settimeout(self.config.tick)
+        while self._state != CLOSED:
+            if not data:
+                try:
+                    data = sock.recv(constants.SERVER_READ_SIZE)
+                except TimeoutError:
+                    if not self._idle():
+                        break
+                    continue
+                except OSError as exc:
+                    logger.debug("ws4redis: websocket of %s: read failed: %s", self.peer, exc)
+                    break
+                if not data:
+                    protocol.receive_eof()
+                    break
+            self._last_recv = time.monotonic()
+            self._ping_sent = 0.0
+            events = protocol.receive_data(data)
+            data = b""
+            for event in events:
+                if isinstance(event, Message):
+                    self._on_message(event)
+                elif isinstance(event, ProtocolViolation):
+                    logger.info("ws4redis: websocket of %s broke the protocol: %s (close code %d)",
+                                self.peer, event.error, event.error.close_code)
+            if protocol.state is not State.OPEN and self._state < CLOSING:
+                self._state = CLOSING  # no data frame may follow the close frame queued by the protocol
+            self._send_frames(protocol.data_to_send())
+            if protocol.state is State.CLOSED:
+                break
+
+    def _on_message(self, event: Message) -> None:
+        message = RedisMessage(event.data)
+        if self._state != OPEN:
+            return
+        heartbeat = self.config.heartbeat
+        if message is None and heartbeat is not None:
+            # The client's heartbeat: answer it (0.6.0 sent one after every loop turn).
+            self.protocol.send_message(heartbeat)
+        if not self.echo:
+            self.suppress = message or b""
+        if not message:
+            return
+        try:
+            self.subscriber.publish_message(message)
+        except REDIS_ERRORS as exc:
+            logger.warning("ws4redis: cannot publish the message of %s (%s); closing with 1013",
+                           self.peer, exc)
+            self.close(constants.CLOSE_TRY_AGAIN_LATER, "message not published: Redis unavailable")
+
+    def _idle(self) -> bool:
+        """The peer was silent for a tick: heartbeat, ping or give up. False ends the connection."""
+        now = time.monotonic()
+        config = self.config
+        if self._state == CLOSING:
+            return now - self._closing_since < config.ping_timeout
+        if self._state != OPEN:
+            return True
+        if self._ping_sent and now - self._ping_sent >= config.ping_timeout:
+            logger.info("ws4redis: websocket of %s did not answer a ping within %.0f s; closing with 1011",
+                        self.peer, config.ping_timeout)
+            self.close(constants.CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+            self._wait_drained(1.0)
+            return False
+        if config.heartbeat is not None:
+            self.protocol.send_message(config.heartbeat)
+        interval = config.ping_interval
+        if interval is not None and not self._ping_sent and now - self._last_recv >= interval:
+            self.protocol.send_ping()
+            self._ping_sent = now
+        self._send_frames(self.protocol.data_to_send())
+        return True
+
+    def finish(self, hub: Hub | None) -> None:
+        """Release everything: hub routes, the subscriber, the write watcher, the socket."""
+        if self._state < CLOSING:
+            self._state = CLOSING
+        if self._state != CLOSED:
+            self.flush()
+            self._wait_drained(min(self.config.ping_timeout, constants.HUB_SUBSCRIBE_TIMEOUT))
+        self._state = CLOSED
+        self._queue = []
+        if hub is not None:
+            hub.unsubscribe(self, self.channels, self.patterns)
+        try:
+            self.subscriber.release()
+        finally:
+            watcher, self._watcher = self._watcher, None
+            if watcher is not None:
+                watcher.stop()
+                watcher.close()
+            self._blocked = False
+            self.sock.close()
+
+
+def request_environ(handler: WSGIHandler, method: str, target: str, headers: Any) -> dict[str, Any]:
+    """The WSGI environ of a request head parsed by ``ws4redis.handshake`` (as pywsgi would build it)."""
+    from urllib.parse import unquote_to_bytes
+
+    environ = handler.server.get_environ()
+    path, _, query = target.partition("?")
+    environ.update({
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
+        "QUERY_STRING": query,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+    })
+    address = handler.client_address
+    if isinstance(address, tuple):
+        environ["REMOTE_ADDR"] = str(address[0])
+        environ["REMOTE_PORT"] = str(address[1])
+    for name, value in headers.items():
+        if "_" in name:
+            continue  # "X_Forwarded" would pose as "X-Forwarded": drop it, as Django's runserver does
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            environ[key] = value
+        else:
+            environ[f"HTTP_{key}"] = value
+    environ["wsgi.input"] = _EMPTY_INPUT
+    return environ
+
+
+class _EmptyInput:
+    """``wsgi.input`` of a handshake: a GET without body."""
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+
+_EMPTY_INPUT = _EmptyInput()
+
+
+class WebSocketHandler(WSGIHandler):
+    """pywsgi's handler, reading the first request head itself and serving websockets."""
+
+    server: WebSocketServer
+    _first_request_done = False
+
+    def handle_one_request(self) -> Any:
+        if self._first_request_done:
+            return self._keep_alive_request()
+        self._first_request_done = True
+        config = self.server.config
+        try:
+            head = self._read_head(config.handshake_timeout)
+        except HandshakeError as exc:
+            return str(exc.status), error_response(exc)
+        except OSError:
+            return None
+        if head is None:
+            return None
+        request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+        parts = request_line.split()
+        target = parts[1].decode("latin-1") if len(parts) == 3 else ""
+        if target.startswith(config.websocket_url):
+            try:
+                method, target, headers = parse_request_head(head)
+            except HandshakeError as exc:
+                return str(exc.status), error_response(exc)
+            self._serve_websocket(request_environ(self, method, target, headers))
+            return None
+        if config.websocket_only or self.server.application is None:
+            error = HandshakeError(
+                f"Not Found: this server only serves websockets under {config.websocket_url}", 404
+            )
+            return "404", error_response(error)
+        return self._http_request(request_line, head)
+
+    def _read_head(self, timeout: float) -> bytes | None:
+        """The request head (blank line included), None on a clean EOF; HandshakeError 408/414/431/400."""
+        limit = constants.MAX_REQUEST_HEAD_SIZE
+        data = bytearray()
+        expired = HandshakeError(f"Request Timeout: the request head took longer than {timeout:g} s", 408)
+        with gevent.Timeout(timeout, expired):
+            while True:
+                line = self.rfile.readline(limit + 1 - len(data))
+                if not line:
+                    if data:
+                        raise HandshakeError("Bad Request: connection closed inside the request head", 400)
+                    return None
+                if not data and line in (b"\r\n", b"\n"):
+                    continue  # RFC 9112, section 2.2: ignore empty lines before the request line
+                data += line
+                if line in (b"\r\n", b"\n"):
+                    return bytes(data)
+                if len(data) > limit:
+                    request_head_length(data, limit)  # raises 414 or 431
+                    raise HandshakeError(f"Request Header Fields Too Large: head exceeds {limit} bytes", 431)
+
+    def _http_request(self, request_line: bytes, head: bytes) -> Any:
+        """Serve a plain HTTP request whose head was already read, through pywsgi and the application."""
+        from io import BytesIO
+
+        self.requestline = request_line.decode("latin-1")
+        self.response_length = 0
+        rfile, self.rfile = self.rfile, BytesIO(head[len(request_line):].lstrip(b"\r\n") or b"\r\n")
+        try:
+            self.read_request(self.requestline)
+        except (ValueError, http.client.HTTPException) as exc:
+            error = HandshakeError(f"Bad Request: {exc}", 400)
+            return "400", error_response(error)
+        finally:
+            self.rfile = rfile
+        self.environ = self.get_environ()
+        self.application = self.server.application
+        self.handle_one_response()
+        if self.close_connection or self.rfile.closed:
+            return None
+        return True
+
+    def _keep_alive_request(self) -> Any:
+        """Later requests on a kept-alive connection are parsed by pywsgi."""
+        return super().handle_one_request()
+
+    def handle_one_response(self) -> None:
+        environ = self.environ
+        if environ.get("PATH_INFO", "").startswith(self.server.config.websocket_url):
+            # A websocket upgrade on a kept-alive connection (the first request was plain HTTP).
+            self.close_connection = True
+            self._serve_websocket(environ)
+            return
+        super().handle_one_response()
+
+    def _serve_websocket(self, environ: dict[str, Any]) -> None:
+        """Handshake, negotiate, then run the websocket until it closes. Never raises."""
+        server = self.server
+        sock = self.socket
+        peer = environ.get("REMOTE_ADDR", "?")
+        # Bytes a client pipelined after its handshake sit in pywsgi's read buffer.
+        sock.settimeout(0.0)
+        pending = self.rfile.peek() if self.rfile is not None else b""
+        self.rfile = None  # frees the 8 KB read buffer for the life of the websocket
+        sock.settimeout(server.config.handshake_timeout)
+        try:
+            handshake = check_handshake(environ)
+            negotiation = negotiate(environ, handshake, server.config.subscriber_class)
+            subscriber = server.config.subscriber_class(server.hub.client)
+            subscriber.set_pubsub_channels(negotiation.request, negotiation.channels)
+        except HandshakeError as exc:
+            logger.info("ws4redis: refused websocket of %s: %s", peer, exc)
+            self._send_raw(error_response(exc))
+            return
+        except PermissionDenied as exc:
+            logger.info("ws4redis: websocket of %s denied: %s", peer, exc)
+            message = f"Forbidden: {exc}" if str(exc) else "Forbidden: channels not allowed"
+            self._send_raw(error_response(HandshakeError(message, 403)))
+            return
+        except Exception as exc:
+            logger.exception("ws4redis: websocket setup for %s failed", peer)
+            error = HandshakeError(f"Internal Server Error: {type(exc).__name__}", 500)
+            self._send_raw(error_response(error))
+            return
+        finally:
+            release_database_connections()
+        if not self._send_raw(upgrade_response(handshake, negotiation.subprotocol)) or server.shutting_down:
+            subscriber.release()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = WebSocketConnection(sock, subscriber, server.config, server, peer, negotiation.echo)
+        server.connections.add(connection)
+        try:
+            connection.start(server.hub)
+            connection.run(pending)
+        finally:
+            server.connections.discard(connection)
+            connection.finish(server.hub)
+
+    def _send_raw(self, data: bytes) -> bool:
+        try:
+            self.socket.sendall(data)
+        except OSError as exc:
+            logger.debug("ws4redis: handshake answer to %s failed: %s", self.client_address, exc)
+            return False
+        return True
+
+
+class WebSocketServer(WSGIServer):
+    """pywsgi's server with :class:`WebSocketHandler`, its websockets and a graceful stop."""
+
+    handler_class = WebSocketHandler
+
+    def __init__(self, listener: Any, application: Callable | None, config: ServerConfig,
+                 hub: Hub | None = None) -> None:
+        super().__init__(listener, application, spawn=gevent.pool.Pool(), log=None)
+        self.config = config
+        self._hub = hub
+        self.connections: set[WebSocketConnection] = set()
+        self.shutting_down = False
+        self.stopped = Event()
+
+    @property
+    def hub(self) -> Hub:
+        if self._hub is None:
+            self._hub = get_hub()
+        return self._hub
+
+    def shutdown(self) -> None:
+        """Stop accepting, close every websocket with 1001, wait up to WS4REDIS_SHUTDOWN_TIMEOUT, exit."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        self.close()
+        logger.info("ws4redis: shutting down, closing %d websockets with 1001", len(self.connections))
+        for connection in list(self.connections):
+            connection.close(constants.CLOSE_GOING_AWAY, "server shutting down")
+        # Leave a little of the deadline for killing what did not finish and closing Redis.
+        grace = max(0.0, deadline - time.monotonic() - constants.SHUTDOWN_KILL_MARGIN)
+        self.pool.join(timeout=grace)
+        if len(self.pool):
+            logger.info("ws4redis: %d connections did not close in time; dropping them", len(self.pool))
+            self.pool.kill(block=True, timeout=constants.SHUTDOWN_KILL_MARGIN / 2)
+        if self._hub is not None:
+            self._hub.close()
+        self.stopped.set()
+
+
+def run_worker(listener: socket.socket, websocket_only: bool = False) -> int:
+    """Serve on ``listener`` until SIGTERM/SIGINT; returns the exit status. Django must be set up."""
+    from django.core.servers.basehttp import get_internal_wsgi_application
+
+    private_settings.validate_settings()
+    config = ServerConfig(websocket_only)
+    application = None if websocket_only else get_internal_wsgi_application()
+    server = WebSocketServer(listener, application, config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, gevent.spawn, server.shutdown)
+    server.start()
+    host, port = listener.getsockname()[:2]
+    logger.info("ws4redis: worker %d serving websockets under %s on %s:%d%s", os.getpid(),
+                config.websocket_url, host, port, " (websockets only)" if websocket_only else "")
+    server.stopped.wait()
+    sys.stderr.flush()
+    return 0
