@@ -15,6 +15,7 @@ Redis session store exactly as a login through Django would put them there.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -35,7 +36,7 @@ from ws4redis.embedded_redis import free_port
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^\w*(Error|Exception): ", re.MULTILINE)
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 
 
 class ServerFailed(RuntimeError):
@@ -185,8 +186,9 @@ class ServerProcess:
             return log.read().decode(errors="replace")
 
     def tracebacks(self, mark: int = 0) -> list[str]:
-        """Error lines the server printed since ``mark``."""
-        return [m.group(0) for m in TRACEBACK.finditer(self.output_since(mark))]
+        """The tracebacks the server printed since ``mark`` (each with the 1,500 characters after it)."""
+        output = self.output_since(mark)
+        return [output[m.start() : m.start() + 1500] for m in TRACEBACK.finditer(output)]
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -270,6 +272,122 @@ def http_request(
         name, _, value = line.partition(":")
         parsed[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), parsed, body
+
+
+class ServerPool:
+    """Servers of one test module, started on first use and all stopped by :meth:`stop_all`."""
+
+    def __init__(self, sites: dict[str, Site]) -> None:
+        self.sites = sites
+        self.servers: dict[tuple[str, str], ServerProcess] = {}
+
+    def get(self, kind: str, site_name: str) -> ServerProcess:
+        key = (kind, site_name)
+        server = self.servers.get(key)
+        if server is not None and not server.alive():
+            pytest.fail(f"the {kind} server of {site_name!r} died:\n{server.output()[-4000:]}", pytrace=False)
+        if server is None:
+            server = STARTERS[kind](self.sites[site_name])
+            try:
+                server.start()
+            except ServerFailed as exc:
+                pytest.fail(str(exc), pytrace=False)
+            self.servers[key] = server
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        self.servers.clear()
+
+
+STARTERS = {"runserver": runserver, "uwsgi": uwsgi}
+
+
+# --- websocket clients ------------------------------------------------------------------------------
+
+
+def ws_connect(server: ServerProcess, path: str, session: str | None = None, **options):
+    """A ``websockets`` sync client on ``path``, carrying the session cookie when given."""
+    from websockets.sync.client import connect
+
+    headers = dict(options.pop("additional_headers", {}) or {})
+    if session:
+        headers["Cookie"] = f"sessionid={session}"
+    options.setdefault("open_timeout", 20)
+    options.setdefault("close_timeout", 10)
+    return connect(server.url(path), additional_headers=headers, proxy=None, compression=None, **options)
+
+
+def raw_upgrade(server: ServerProcess, path: str, timeout: float = 20.0) -> tuple[socket.socket, bytes]:
+    """A TCP socket upgraded by hand; returns it and the bytes received after the response head."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    sock.sendall(request.encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"connection closed during the handshake: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise AssertionError(f"the handshake was refused: {head!r}")
+    return sock, rest
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """One masked frame, as a client sends it, built without any validation of the payload."""
+    from ws4redis.speedups import encode_frame
+
+    return encode_frame(opcode, payload, fin=fin, mask_key=os.urandom(4))
+
+
+def read_until_closed(sock: socket.socket, initial: bytes = b"") -> list:
+    """Every event the server sends until it closes (read with the client side of the protocol core)."""
+    from ws4redis.protocol import WebSocketProtocol
+
+    protocol = WebSocketProtocol(client=True, max_message_size=1 << 24)
+    events = list(protocol.receive_data(initial)) if initial else []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        events.extend(protocol.receive_data(chunk))
+    return events
+
+
+def read_frames(sock: socket.socket, count: int) -> list:
+    """Read until the server has sent ``count`` messages; returns those events."""
+    from ws4redis.protocol import Message, WebSocketProtocol
+
+    protocol = WebSocketProtocol(client=True, max_message_size=1 << 24)
+    messages: list = []
+    while len(messages) < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"the server closed after {len(messages)} of {count} messages")
+        messages.extend(event for event in protocol.receive_data(chunk) if isinstance(event, Message))
+    return messages
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Make sure this process (and the servers it starts) may open ``wanted`` descriptors."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.fail(f"this test needs {wanted} file descriptors; the hard limit is {hard}", pytrace=False)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _create_sessions(spec: dict) -> dict:

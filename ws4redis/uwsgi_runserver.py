@@ -32,6 +32,7 @@ frames is written: errors close the websocket with 1011.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import gevent.monkey
@@ -100,9 +101,11 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
             max_fragments=private_settings.max_fragments(),
         )
 
-    def serve_websocket(self, websocket: Any, subscriber: Any, echo: bool) -> None:
+    def serve_websocket(
+        self, websocket: Any, subscriber: Any, echo: bool, persisted: Iterable[bytes] = ()
+    ) -> None:
         try:
-            super().serve_websocket(websocket, subscriber, echo)
+            super().serve_websocket(websocket, subscriber, echo, persisted)
         finally:
             websocket.release()
 

@@ -172,6 +172,9 @@ class WebsocketWSGIServer:
             try:
                 negotiation = negotiate(environ, handshake, self.Subscriber)
                 subscriber.set_pubsub_channels(negotiation.request, negotiation.channels)
+                # Read before the 101 goes out: a client cannot publish anything yet, so a
+                # message it sends right after connecting is not also found here and sent twice.
+                persisted = subscriber.get_persisted_messages()
             finally:
                 release_database_connections()
         except PermissionDenied as exc:
@@ -187,7 +190,7 @@ class WebsocketWSGIServer:
         except HandshakeError as exc:
             logger.error("ws4redis: cannot upgrade %s: %s", environ.get("PATH_INFO"), exc)
             return self.refuse(start_response, exc.status, str(exc), exc.headers)
-        self.serve_websocket(websocket, subscriber, negotiation.echo)
+        self.serve_websocket(websocket, subscriber, negotiation.echo, persisted)
         return []
 
     @staticmethod
@@ -208,9 +211,13 @@ class WebsocketWSGIServer:
 
     # --- the loop of one websocket ----------------------------------------------------------------
 
-    def serve_websocket(self, websocket: Any, subscriber: Any, echo: bool) -> None:
-        """Relay between ``websocket`` and Redis until either side ends; never raises."""
+    def serve_websocket(
+        self, websocket: Any, subscriber: Any, echo: bool, persisted: Iterable[bytes] = ()
+    ) -> None:
+        """Send the ``persisted`` messages, then relay between ``websocket`` and Redis; never raises."""
         try:
+            for message in persisted:
+                deliver(websocket, message)
             self._relay(websocket, subscriber, echo)
         except ConnectionClosed as exc:
             logger.debug("ws4redis: websocket gone: %s", exc)
@@ -223,8 +230,6 @@ class WebsocketWSGIServer:
             websocket.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
 
     def _relay(self, websocket: Any, subscriber: Any, echo: bool) -> None:
-        for message in subscriber.get_persisted_messages():
-            deliver(websocket, message)
         echo_filter = None if echo else EchoFilter(subscriber.publishers, subscriber.subscribed_channels)
         websocket_fd = websocket.get_file_descriptor()
         redis_fd = subscriber.get_file_descriptor()

@@ -1,3 +1,9 @@
 """URLs of the test project; server tests add their views here."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from tests.project import views
+
+urlpatterns: list = [
+    path("ping", views.ping),
+]
