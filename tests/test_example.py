@@ -1,0 +1,239 @@
+"""examples/run.py, the README's first command, run as a subprocess like a user would.
+
+No Redis answers at the configured address, so run.py must start its own
+redis-server; the tests then use the chat over real HTTP and websockets and
+finally check that SIGTERM stops run.py together with the redis it started.
+The tests share one run.py process and run in file order; the shutdown test
+comes last.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from websockets.sync.client import connect
+
+from ws4redis.embedded_redis import free_port, redis_answers
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_PY = ROOT / "examples" / "run.py"
+STARTUP_TIMEOUT = 120.0  # migrate and loaddata on a busy 2-core machine
+TIMEOUT = 15.0
+HEARTBEAT = "--heartbeat--"  # WS4REDIS_HEARTBEAT of the example settings
+
+
+class RunPy:
+    """examples/run.py as a child process, with its output collected line by line."""
+
+    def __init__(self, tmp_path: Path):
+        self.port = free_port()
+        self.redis_port = free_port()
+        env = dict(os.environ)
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        env["WS4REDIS_EXAMPLE_REDIS"] = f"127.0.0.1:{self.redis_port}"
+        env["CHATSERVER_DB"] = str(tmp_path / "db.sqlite3")
+        self.process = subprocess.Popen(
+            [sys.executable, str(RUN_PY), "--port", str(self.port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    match = re.search(pattern, line)
+                    if match:
+                        return match
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and self.process.stdout.closed):
+                    pytest.fail(f"run.py never printed /{pattern}/:\n{self.output}", pytrace=False)
+                self._changed.wait(min(remaining, 0.5))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def run_py(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("run_py")
+    started = RunPy(tmp_path)
+    if redis_answers("127.0.0.1", started.redis_port):
+        started.stop()
+        pytest.fail(f"something already answers on the free port {started.redis_port}", pytrace=False)
+    try:
+        started.wait_for_line(r"serving the chat at http://localhost:\d+/chat/", STARTUP_TIMEOUT)
+        yield started
+    finally:
+        started.stop()
+
+
+def base_url(run_py: RunPy) -> str:
+    return f"http://127.0.0.1:{run_py.port}"
+
+
+class Browser:
+    """A cookie-keeping HTTP client, enough to log in through Django's login form."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def get(self, path: str) -> tuple[int, str, str]:
+        with self.opener.open(self.base + path, timeout=TIMEOUT) as response:
+            return response.status, response.geturl(), response.read().decode()
+
+    def post(self, path: str, fields: dict[str, str]) -> tuple[int, str, str]:
+        data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": self.cookie("csrftoken")}).encode()
+        request = urllib.request.Request(self.base + path, data=data, headers={"Referer": self.base + path})
+        try:
+            with self.opener.open(request, timeout=TIMEOUT) as response:
+                return response.status, response.geturl(), response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.geturl(), error.read().decode()
+
+    def cookie(self, name: str) -> str:
+        for cookie in self.cookies:
+            if cookie.name == name:
+                return cookie.value
+        raise AssertionError(f"no {name} cookie; have {[c.name for c in self.cookies]}")
+
+    def login(self, username: str, password: str) -> str:
+        self.get("/accounts/login/")
+        return self.post("/accounts/login/", {"username": username, "password": password})
+
+
+def receive_text(websocket, timeout: float = TIMEOUT) -> str:
+    """The next message that is not a heartbeat."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = websocket.recv(timeout=max(deadline - time.monotonic(), 0.01))
+        if message != HEARTBEAT:
+            return message
+
+
+def receive_until(websocket, expected, timeout: float = TIMEOUT) -> list:
+    """Read until ``expected(message)`` holds; return everything read. Fails after ``timeout``."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            message = receive_text(websocket, deadline - time.monotonic())
+        except TimeoutError:
+            break
+        seen.append(message)
+        if expected(message):
+            return seen
+    pytest.fail(f"the expected message did not arrive; received {seen!r}", pytrace=False)
+
+
+def test_run_py_started_its_own_redis_server(run_py):
+    match = run_py.wait_for_line(r"nothing answered at .*; started (\S+) \(pid (\d+)\)", TIMEOUT)
+    client = redis.Redis(host="127.0.0.1", port=run_py.redis_port)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    assert info["process_id"] == int(match.group(2))
+    assert info["tcp_port"] == run_py.redis_port
+    with open(f"/proc/{info['process_id']}/stat") as stat:
+        parent_pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+    assert parent_pid == run_py.process.pid
+
+
+def test_chat_page_names_the_websocket_uri(run_py):
+    status, _, body = Browser(base_url(run_py)).get("/chat/")
+    assert status == 200
+    assert f"ws://127.0.0.1:{run_py.port}/ws/chat?subscribe-broadcast&publish-broadcast&echo" in body
+    assert "/static/js/ws4redis.js" in body
+    status, _, script = Browser(base_url(run_py)).get("/static/js/ws4redis.js")
+    assert status == 200
+    assert "function WS4Redis(options)" in script
+
+
+def test_broadcast_reaches_another_websocket_client(run_py):
+    uri = f"ws://127.0.0.1:{run_py.port}/ws/chat?subscribe-broadcast&publish-broadcast"
+    text = f"hello from the test {uuid.uuid4().hex}"
+    with connect(uri, open_timeout=TIMEOUT) as listener, connect(uri, open_timeout=TIMEOUT) as sender:
+        sender.send(text)
+        assert receive_until(listener, lambda message: message == text)[-1] == text
+
+
+def test_login_and_messages_to_a_user_and_a_group(run_py):
+    john = Browser(base_url(run_py))
+    status, url, _ = john.login("john", "john")
+    assert status == 200 and url.endswith("/userchat/"), url
+    status, _, page = john.get("/userchat/")
+    assert status == 200 and ">john</strong>" in page
+
+    mary = Browser(base_url(run_py))
+    status, _, body = mary.login("mary", "not her password")
+    assert "did not match" in body
+    status, url, _ = mary.login("mary", "mary")
+    assert url.endswith("/userchat/"), url
+
+    uri = f"ws://127.0.0.1:{run_py.port}/ws/userchat?subscribe-user&subscribe-group"
+    cookie = f"sessionid={john.cookie('sessionid')}"
+    with connect(uri, additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT) as johns_socket:
+        for target in ("user:john", "group:friends"):
+            text = f"to {target} {uuid.uuid4().hex}"
+            status, _, answer = mary.post("/userchat/", {"to": target, "message": text})
+            assert status == 200, answer
+            received = receive_until(johns_socket, lambda message, text=text: text in message)
+            assert json.loads(received[-1]) == {"from": "mary", "to": target, "text": text}
+
+    status, _, answer = mary.post("/userchat/", {"to": "user:nobody", "message": "hi"})
+    assert status == 400 and "no such recipient" in json.loads(answer)["error"]
+
+
+def test_sigterm_stops_run_py_and_its_redis(run_py):
+    match = run_py.wait_for_line(r"started \S+ \(pid (\d+)\)", TIMEOUT)
+    redis_pid = int(match.group(1))
+    assert Path(f"/proc/{redis_pid}").exists()
+    run_py.process.send_signal(signal.SIGTERM)
+    assert run_py.process.wait(TIMEOUT) == 0, run_py.output
+    assert not Path(f"/proc/{redis_pid}").exists(), "the redis-server started by run.py is still running"
+    assert not redis_answers("127.0.0.1", run_py.redis_port)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base_url(run_py) + "/chat/", timeout=2)

@@ -1,0 +1,260 @@
+/*
+ * ws4redis.js: the browser side of ws4redis, without jQuery.
+ *
+ *   var ws = WS4Redis({
+ *       uri: '{{ WEBSOCKET_URI }}chat?subscribe-broadcast&publish-broadcast',
+ *       connecting: function (attempt) {},     // before every connection attempt
+ *       connected: function () {},              // the socket is open
+ *       receive_message: function (data) {},    // a string, or an ArrayBuffer / Blob for binary frames
+ *       disconnected: function (evt) {},        // the socket closed; a reconnect is scheduled
+ *       heartbeat_msg: {{ WS4REDIS_HEARTBEAT }} // null, or the server's heartbeat string
+ *   });
+ *   ws.send_message('hello');   // true when handed to the socket, false while disconnected
+ *   ws.close();                 // close for good: no more reconnects
+ *
+ * The option names are those of django-websocket-redis 0.6.0, so its pages keep
+ * working. Why it behaves as it does:
+ *  - A dropped connection is retried with exponential backoff, capped and
+ *    jittered, so a restarted server is not hit by every browser at the same
+ *    instant, and a server that stays down is not hammered.
+ *  - The backoff only resets once a connection stayed up for a while: a server
+ *    that accepts and immediately drops would otherwise be retried in a tight loop.
+ *  - A connection through a dead proxy or a suspended laptop can look open for
+ *    minutes. With heartbeat_msg set, the client sends it every
+ *    heartbeat_interval ms; any frame from the server proves the connection
+ *    alive, and after max_missed_heartbeats silent intervals the socket is
+ *    dropped and a reconnect scheduled. Heartbeat frames never reach
+ *    receive_message.
+ *  - Binary frames arrive as ArrayBuffer by default (binary_type 'arraybuffer');
+ *    pass binary_type: 'blob' to get Blob objects instead.
+ */
+(function (root) {
+    'use strict';
+
+    var CONNECTING = 0, OPEN = 1;
+    var CLOSE_NORMAL = 1000, CLOSE_ABNORMAL = 1006;
+
+    var DEFAULTS = {
+        uri: null,
+        connecting: null,
+        connected: null,
+        receive_message: null,
+        disconnected: null,
+        heartbeat_msg: null,
+        heartbeat_interval: 5000,
+        max_missed_heartbeats: 3,
+        binary_type: 'arraybuffer',
+        reconnect: true,
+        reconnect_base_delay: 500,
+        reconnect_max_delay: 30000,
+        stable_after: 5000,
+        debug: false
+    };
+
+    /*
+     * Delay in ms before reconnect attempt number `attempt` (1, 2, ...):
+     * base * 2^(attempt-1), capped at max_delay, then "equal jitter" picks a
+     * value in [delay/2, delay] so clients spread out but never retry instantly.
+     */
+    function reconnectDelay(attempt, base, maxDelay, random) {
+        var rnd = typeof random === 'function' ? random : Math.random;
+        var exponent = Math.min(Math.max(attempt, 1) - 1, 30);
+        var delay = Math.min(maxDelay, base * Math.pow(2, exponent));
+        return delay / 2 + rnd() * delay / 2;
+    }
+
+    function merge(defaults, options) {
+        var result = {}, key;
+        for (key in defaults) {
+            if (Object.prototype.hasOwnProperty.call(defaults, key)) {
+                result[key] = defaults[key];
+            }
+        }
+        for (key in options) {
+            if (Object.prototype.hasOwnProperty.call(options, key)) {
+                result[key] = options[key];
+            }
+        }
+        return result;
+    }
+
+    function WS4Redis(options) {
+        if (!(this instanceof WS4Redis)) {
+            return new WS4Redis(options);
+        }
+        if (!options || !options.uri) {
+            throw new Error('WS4Redis: the option "uri" is required (for instance "{{ WEBSOCKET_URI }}facility?subscribe-broadcast")');
+        }
+        if (options.binary_type && options.binary_type !== 'arraybuffer' && options.binary_type !== 'blob') {
+            throw new Error('WS4Redis: binary_type must be "arraybuffer" or "blob", not "' + options.binary_type + '"');
+        }
+
+        var self = this;
+        var opts = merge(DEFAULTS, options);
+        var ws = null;
+        var attempts = 0;
+        var openedAt = 0;
+        var reconnectTimer = null;
+        var heartbeatTimer = null;
+        var missedHeartbeats = 0;
+        var closedByUser = false;
+
+        function log(text) {
+            if (opts.debug && root.console) {
+                root.console.log('WS4Redis: ' + text);
+            }
+        }
+
+        function call(name) {
+            var callback = opts[name];
+            if (typeof callback === 'function') {
+                return callback.apply(self, Array.prototype.slice.call(arguments, 1));
+            }
+            return undefined;
+        }
+
+        function connect() {
+            reconnectTimer = null;
+            call('connecting', attempts + 1);
+            log('connecting to ' + opts.uri);
+            // A malformed uri throws here, synchronously, for the first attempt:
+            // the caller sees the SyntaxError instead of a silent retry loop.
+            ws = new root.WebSocket(opts.uri);
+            ws.binaryType = opts.binary_type;
+            ws.onopen = onOpen;
+            ws.onmessage = onMessage;
+            ws.onclose = onClose;
+            ws.onerror = onError;
+        }
+
+        function detach(socket) {
+            socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+        }
+
+        function startHeartbeat() {
+            stopHeartbeat();
+            if (opts.heartbeat_msg === null || opts.heartbeat_msg === undefined) {
+                return;
+            }
+            missedHeartbeats = 0;
+            heartbeatTimer = root.setInterval(sendHeartbeat, opts.heartbeat_interval);
+        }
+
+        function stopHeartbeat() {
+            if (heartbeatTimer !== null) {
+                root.clearInterval(heartbeatTimer);
+                heartbeatTimer = null;
+            }
+        }
+
+        function sendHeartbeat() {
+            missedHeartbeats += 1;
+            if (missedHeartbeats > opts.max_missed_heartbeats) {
+                log('no reply to ' + opts.max_missed_heartbeats + ' heartbeats, dropping the connection');
+                drop('missed heartbeats');
+                return;
+            }
+            if (ws && ws.readyState === OPEN) {
+                ws.send(opts.heartbeat_msg);
+            }
+        }
+
+        /* Give up on a socket that looks open but is dead, and schedule a reconnect. */
+        function drop(reason) {
+            var socket = ws;
+            ws = null;
+            stopHeartbeat();
+            if (socket) {
+                detach(socket);
+                socket.close(4000, reason);
+            }
+            afterClose({type: 'close', code: CLOSE_ABNORMAL, reason: reason, wasClean: false});
+        }
+
+        function onOpen() {
+            openedAt = Date.now();
+            log('connected');
+            startHeartbeat();
+            call('connected');
+        }
+
+        function onMessage(evt) {
+            missedHeartbeats = 0;
+            if (opts.heartbeat_msg !== null && evt.data === opts.heartbeat_msg) {
+                return;
+            }
+            call('receive_message', evt.data);
+        }
+
+        function onError() {
+            log('websocket error on ' + opts.uri);
+        }
+
+        function onClose(evt) {
+            if (ws) {
+                detach(ws);
+                ws = null;
+            }
+            stopHeartbeat();
+            afterClose(evt);
+        }
+
+        function afterClose(evt) {
+            if (openedAt && Date.now() - openedAt >= opts.stable_after) {
+                attempts = 0;
+            }
+            openedAt = 0;
+            log('disconnected (code ' + evt.code + ')');
+            call('disconnected', evt);
+            if (closedByUser || !opts.reconnect || reconnectTimer !== null) {
+                return;
+            }
+            attempts += 1;
+            var delay = reconnectDelay(attempts, opts.reconnect_base_delay, opts.reconnect_max_delay);
+            log('reconnecting in ' + Math.round(delay) + ' ms');
+            reconnectTimer = root.setTimeout(connect, delay);
+        }
+
+        /* Send a text (string) or binary (ArrayBuffer, typed array, Blob) message. */
+        this.send_message = function (message) {
+            if (!ws || ws.readyState !== OPEN) {
+                return false;
+            }
+            ws.send(message);
+            return true;
+        };
+
+        /* Close the connection for good: no reconnect follows. */
+        this.close = function (code, reason) {
+            closedByUser = true;
+            stopHeartbeat();
+            if (reconnectTimer !== null) {
+                root.clearTimeout(reconnectTimer);
+                reconnectTimer = null;
+            }
+            if (ws && (ws.readyState === CONNECTING || ws.readyState === OPEN)) {
+                ws.close(code || CLOSE_NORMAL, reason || '');
+            }
+        };
+
+        /* The WebSocket readyState (0 connecting, 1 open, 2 closing, 3 closed), as in 0.6.0. */
+        this.get_state = function () {
+            return ws ? ws.readyState : 3;
+        };
+
+        /* Whether a message handed to send_message now would go out. */
+        this.is_connected = function () {
+            return !!ws && ws.readyState === OPEN;
+        };
+
+        connect();
+    }
+
+    WS4Redis.reconnect_delay = reconnectDelay;
+    WS4Redis.defaults = DEFAULTS;
+
+    root.WS4Redis = WS4Redis;
+    if (typeof module === 'object' && module && module.exports) {
+        module.exports = WS4Redis;
+    }
+}(typeof window !== 'undefined' ? window : this));
