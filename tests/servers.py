@@ -194,10 +194,10 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}{path}"
 
 
-def runserver(site: Site) -> ServerProcess:
+def runserver(site: Site, extra: list[str] | None = None) -> ServerProcess:
     """Django's development server with WSGI_APPLICATION = ws4redis.django_runserver.application."""
     port = free_port()
-    args = [sys.executable, "-m", "django", "runserver", "--noreload", f"127.0.0.1:{port}"]
+    args = [sys.executable, "-m", "django", "runserver", "--noreload", *(extra or []), f"127.0.0.1:{port}"]
     return ServerProcess("runserver", args, site, port)
 
 
@@ -211,7 +211,10 @@ def uwsgi_binary() -> str:
     return which
 
 
-def uwsgi(site: Site, gevent: int = 1000, extra: list[str] | None = None) -> ServerProcess:
+def uwsgi(
+    site: Site, gevent: int = 1000, extra: list[str] | None = None,
+    monkey_patch: str = "--gevent-early-monkey-patch",
+) -> ServerProcess:
     """One uWSGI worker with gevent, its HTTP router in front, serving ws4redis.uwsgi_runserver."""
     port = free_port()
     args = [
@@ -219,7 +222,7 @@ def uwsgi(site: Site, gevent: int = 1000, extra: list[str] | None = None) -> Ser
         "--http", f"127.0.0.1:{port}",
         "--http-websockets",
         "--gevent", str(gevent),
-        "--gevent-early-monkey-patch",
+        monkey_patch,
         "--virtualenv", sys.prefix,
         "--chdir", str(ROOT),
         "--module", "ws4redis.uwsgi_runserver:application",
@@ -376,6 +379,23 @@ def read_frames(sock: socket.socket, count: int) -> list:
             raise AssertionError(f"the server closed after {len(messages)} of {count} messages")
         messages.extend(event for event in protocol.receive_data(chunk) if isinstance(event, Message))
     return messages
+
+
+def wait_unsubscribed(store, channels: list[str], deadline: float = 30.0) -> dict[str, int]:
+    """PUBSUB NUMSUB of ``channels`` once none has a subscriber, or as they stand after ``deadline`` seconds.
+
+    Servers release a subscription when they notice the client is gone,
+    which happens just after the client's side of the close.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        counts = {}
+        for start in range(0, len(channels), 500):
+            replies = store.pubsub_numsub(*channels[start : start + 500])
+            counts.update((name.decode(), count) for name, count in replies)
+        if not any(counts.values()) or time.monotonic() > end:
+            return counts
+        time.sleep(0.05)
 
 
 def raise_fd_limit(wanted: int) -> None:

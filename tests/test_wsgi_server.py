@@ -70,7 +70,6 @@ def setups(*site_names: str) -> list:
 CLOSE_CODES = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999]
 AUDIENCES = ["broadcast", "user", "group", "session"]
 RECV_TIMEOUT = 20.0
-UNSUBSCRIBE_DEADLINE = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -192,16 +191,6 @@ def upgrade_headers(**extra: str) -> dict[str, str]:
     }
     headers.update(extra)
     return headers
-
-
-def wait_unsubscribed(store: redis.Redis, channels: list[str]) -> dict[str, int]:
-    """PUBSUB NUMSUB of ``channels`` once all are 0, or as they stand at the deadline."""
-    deadline = time.monotonic() + UNSUBSCRIBE_DEADLINE
-    while True:
-        counts = {name.decode(): count for name, count in store.pubsub_numsub(*channels)}
-        if not any(counts.values()) or time.monotonic() > deadline:
-            return counts
-        time.sleep(0.05)
 
 
 # --- audiences ---------------------------------------------------------------------------------------
@@ -349,7 +338,7 @@ def test_every_valid_close_code_closes_cleanly(live, facility, code):
         ws.close(code, "bye")
     assert ws.protocol.close_rcvd is not None, "the server did not answer the close frame"
     assert ws.protocol.close_rcvd.code == code
-    assert wait_unsubscribed(live.store, [channel]) == {channel: 0}
+    assert servers.wait_unsubscribed(live.store, [channel]) == {channel: 0}
     live.assert_no_tracebacks()
 
 
@@ -452,7 +441,7 @@ def test_fifty_clients_receive_one_broadcast_and_leave_no_subscription(live, fac
         for sock in aborted:
             events = servers.read_frames(sock, count=1)
             assert [(type(e), e.data) for e in events] == [(Message, b"to all fifty")]
-    assert wait_unsubscribed(live.store, [channel]) == {channel: 0}
+    assert servers.wait_unsubscribed(live.store, [channel]) == {channel: 0}
     live.assert_no_tracebacks()
 
 
