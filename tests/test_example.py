@@ -214,14 +214,28 @@ def test_login_and_messages_to_a_user_and_a_group(run_py):
     assert url.endswith("/userchat/"), url
 
     uri = f"ws://127.0.0.1:{run_py.port}/ws/userchat?subscribe-user&subscribe-group"
-    cookie = f"sessionid={john.cookie('sessionid')}"
-    with connect(uri, additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT) as johns_socket:
+
+    def open_socket(browser: Browser):
+        cookie = f"sessionid={browser.cookie('sessionid')}"
+        return connect(uri, additional_headers={"Cookie": cookie}, open_timeout=TIMEOUT)
+
+    with open_socket(john) as johns_socket, open_socket(mary) as marys_socket:
+        sent = []
         for target in ("user:john", "group:friends"):
             text = f"to {target} {uuid.uuid4().hex}"
             status, _, answer = mary.post("/userchat/", {"to": target, "message": text})
             assert status == 200, answer
-            received = receive_until(johns_socket, lambda message, text=text: text in message)
-            assert json.loads(received[-1]) == {"from": "mary", "to": target, "text": text}
+            sent.append(text)
+            # the recipient gets it, and so does the sender's page
+            for socket in (johns_socket, marys_socket):
+                received = receive_until(socket, lambda message, text=text: text in message)
+                assert json.loads(received[-1]) == {"from": "mary", "to": target, "text": text}
+        # Nothing arrives twice: a duplicate would come before this last message.
+        last = f"last {uuid.uuid4().hex}"
+        assert mary.post("/userchat/", {"to": "user:john", "message": last})[0] == 200
+        for socket in (johns_socket, marys_socket):
+            before_last = receive_until(socket, lambda message: last in message)[:-1]
+            assert not [message for message in before_last if any(text in message for text in sent)]
 
     status, _, answer = mary.post("/userchat/", {"to": "user:nobody", "message": "hi"})
     assert status == 400 and "no such recipient" in json.loads(answer)["error"]

@@ -10,6 +10,7 @@ from django.contrib.auth.models import Group
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
+
 from ws4redis.publisher import RedisPublisher
 from ws4redis.redis_store import RedisMessage
 
@@ -50,12 +51,17 @@ def _publish_to_user_or_group(request: HttpRequest) -> JsonResponse:
     if len(text) > MAX_MESSAGE_LENGTH:
         error = f"the message is longer than {MAX_MESSAGE_LENGTH} characters"
         return JsonResponse({"error": error}, status=400)
+    sender = request.user.get_username()
+    # The sender's own pages show the message too: through the group when a
+    # member of it, else through the sender's user channel (never both, or it
+    # would arrive twice).
     if kind == "user" and get_user_model().objects.filter(username=name, is_active=True).exists():
-        publisher = RedisPublisher(facility=USER_FACILITY, users=[name])
+        publisher = RedisPublisher(facility=USER_FACILITY, users=sorted({name, sender}))
     elif kind == "group" and Group.objects.filter(name=name).exists():
-        publisher = RedisPublisher(facility=USER_FACILITY, groups=[name])
+        also_sender = [] if request.user.groups.filter(name=name).exists() else [sender]
+        publisher = RedisPublisher(facility=USER_FACILITY, groups=[name], users=also_sender)
     else:
         return JsonResponse({"error": f"no such recipient: {target!r}"}, status=400)
-    payload = {"from": request.user.get_username(), "to": target, "text": text}
+    payload = {"from": sender, "to": target, "text": text}
     publisher.publish_message(RedisMessage(json.dumps(payload)))
     return JsonResponse({"sent": True, "to": target})
