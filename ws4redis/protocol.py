@@ -31,6 +31,13 @@ __all__ = [
     "frame_message",
 ]
 
+# Module globals: looked up faster than constants.X in the per-frame loop.
+_CONTINUATION = constants.OP_CONTINUATION
+_TEXT = constants.OP_TEXT
+_BINARY = constants.OP_BINARY
+_PING = constants.OP_PING
+_PONG = constants.OP_PONG
+
 _CLOSE_CODE = struct.Struct("!H")
 # A close frame is a control frame: 2 bytes of code leave 123 for the reason.
 _MAX_CLOSE_REASON = constants.MAX_CONTROL_PAYLOAD - _CLOSE_CODE.size
@@ -45,7 +52,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     """A complete (reassembled) data message."""
 
@@ -60,21 +67,21 @@ class Message:
         return self.data.decode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping:
     """The peer pinged; the matching pong has already been queued."""
 
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pong:
     """The peer answered a ping (or sent an unsolicited heartbeat pong)."""
 
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseReceived:
     """The peer sent a close frame; ``code`` is 1005 when it carried no status."""
 
@@ -82,7 +89,7 @@ class CloseReceived:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProtocolViolation:
     """The peer broke the protocol; a close frame with ``error.close_code`` is queued."""
 
@@ -185,30 +192,36 @@ class WebSocketProtocol:
 
     def _handle_frames(self, frames: list) -> list[Event]:
         events: list[Event] = []
+        append = events.append
         for frame in frames:
-            if self.state is State.CLOSED:
-                break  # section 5.5.1: nothing after a close frame counts
             opcode = frame.opcode
-            if opcode == constants.OP_TEXT or opcode == constants.OP_BINARY:
+            if opcode == _TEXT:
                 if frame.fin:
-                    events.append(Message(frame.payload, opcode == constants.OP_BINARY))
+                    append(Message(frame.payload, False))
                 else:
                     self._fragments = [frame.payload]
-                    self._fragmented_binary = opcode == constants.OP_BINARY
-            elif opcode == constants.OP_CONTINUATION:
+                    self._fragmented_binary = False
+            elif opcode == _BINARY:
+                if frame.fin:
+                    append(Message(frame.payload, True))
+                else:
+                    self._fragments = [frame.payload]
+                    self._fragmented_binary = True
+            elif opcode == _CONTINUATION:
                 self._fragments.append(frame.payload)
                 if frame.fin:
-                    events.append(Message(b"".join(self._fragments), self._fragmented_binary))
+                    append(Message(b"".join(self._fragments), self._fragmented_binary))
                     self._fragments = []
-            elif opcode == constants.OP_PING:
+            elif opcode == _PING:
                 # Section 5.5.2: answer with a pong carrying the same payload.
                 if self.state is State.OPEN:
-                    self._send_frame(constants.OP_PONG, frame.payload)
-                events.append(Ping(frame.payload))
-            elif opcode == constants.OP_PONG:
-                events.append(Pong(frame.payload))
+                    self._send_frame(_PONG, frame.payload)
+                append(Ping(frame.payload))
+            elif opcode == _PONG:
+                append(Pong(frame.payload))
             else:
-                events.append(self._receive_close(frame.payload))
+                append(self._receive_close(frame.payload))
+                break  # section 5.5.1: nothing after a close frame counts
         return events
 
     def _receive_close(self, payload: bytes) -> CloseReceived:
