@@ -195,6 +195,28 @@ def test_chat_in_two_windows_and_reconnect_after_server_restart(browser, example
     browser.switch_to.window(first.handle)
 
 
+def test_example_server_answers_heartbeats(browser, example_server):
+    """ws4redis.js and the real server agree on WS4REDIS_HEARTBEAT: replies keep the socket, none is shown."""
+    browser.get(f"{example_server.base_url}/chat/")
+    uri = f"ws://127.0.0.1:{example_server.port}/ws/heartbeat-check?subscribe-broadcast"
+    log = browser.execute_async_script(
+        """
+        var uri = arguments[0], done = arguments[arguments.length - 1], log = [];
+        var client = WS4Redis({
+            uri: uri, heartbeat_msg: '--heartbeat--', heartbeat_interval: 100, max_missed_heartbeats: 5,
+            connecting: function (n) { log.push(['connecting', n]); },
+            connected: function () { log.push(['connected']); },
+            disconnected: function (evt) { log.push(['disconnected', evt.code, evt.reason]); },
+            receive_message: function (msg) { log.push(['message', msg]); }
+        });
+        // twenty heartbeats; an unanswered sixth would have dropped the connection
+        setTimeout(function () { client.close(); done(log); }, 2000);
+        """,
+        uri,
+    )
+    assert log == [["connecting", 1], ["connected"]]
+
+
 class ScriptedWebsocketServer:
     """A websockets server on 127.0.0.1 whose behaviour is chosen by the request path.
 
