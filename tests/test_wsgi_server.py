@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import pytest
 import redis
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests import servers
 from ws4redis import constants
-from ws4redis.protocol import CloseReceived, Message
+from ws4redis.protocol import CloseReceived, Message, Ping, WebSocketProtocol
 from ws4redis.wsgi_server import EchoFilter, WebsocketWSGIServer
 
 HEARTBEAT = "--heartbeat--"
@@ -490,3 +490,56 @@ def test_select_hook_handles_descriptors_above_1024():
             left.close()
             right.close()
 
+
+
+# --- Redis going away --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=marks) for kind, marks in KINDS.items()])
+def test_redis_going_away_closes_with_1011_and_later_requests_get_503(kind):
+    from ws4redis.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis() as own_redis:
+        site = servers.Site(own_redis.url)
+        try:
+            with servers.serving(servers.STARTERS[kind](site)) as server:
+                with servers.ws_connect(server, "/ws/doomed?subscribe-broadcast") as ws:
+                    own_redis.stop()
+                    with pytest.raises(ConnectionClosedError) as closed:
+                        ws.recv(timeout=RECV_TIMEOUT)
+                    assert closed.value.rcvd is not None
+                    assert closed.value.rcvd.code == constants.CLOSE_INTERNAL_ERROR
+                status, _headers, body = servers.http_request(
+                    server.port, "GET", "/ws/doomed?subscribe-broadcast", upgrade_headers()
+                )
+                assert status == 503
+                assert b"message broker is unreachable" in body
+                assert servers.http_request(server.port, "GET", "/ping")[::2] == (200, b"pong")
+                assert server.alive()
+                assert not server.tracebacks()
+        finally:
+            site.cleanup()
+
+
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=marks) for kind, marks in KINDS.items()])
+def test_idle_connections_get_pings_and_heartbeats(redis_server, kind):
+    overrides = {"WS4REDIS_PING_INTERVAL": "0.5", "WS4REDIS_HEARTBEAT": repr(HEARTBEAT)}
+    site = servers.Site(redis_server.url, overrides)
+    try:
+        with servers.serving(servers.STARTERS[kind](site)) as server:
+            sock, rest = servers.raw_upgrade(server, "/ws/idle?subscribe-broadcast")
+            with sock:
+                assert rest == b""
+                protocol = WebSocketProtocol(client=True)
+                pings = 0
+                heartbeat = Message(HEARTBEAT.encode(), False)
+                while True:
+                    events = protocol.receive_data(sock.recv(65536))
+                    pings += sum(isinstance(event, Ping) for event in events)
+                    if heartbeat in events:
+                        break
+                sock.sendall(protocol.data_to_send())  # the pongs
+            assert pings >= 2
+            assert not server.tracebacks()
+    finally:
+        site.cleanup()

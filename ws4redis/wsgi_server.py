@@ -26,7 +26,10 @@ The rules of the loop, compared with 0.6.0:
 * Text received is published as text, binary as bytes; the heartbeat
   (WS4REDIS_HEARTBEAT) is never published, the server answers it with the
   heartbeat, and also sends it after LEGACY_HEARTBEAT_INTERVAL idle seconds
-  (0.6.0's loop sent it after every 4-second ``select``).
+  (0.6.0's loop sent it after every 4-second ``select``, also after each
+  message). After WS4REDIS_PING_INTERVAL idle seconds it sends a ping; a
+  peer that vanished is noticed when a write or read fails (this loop does
+  not time pongs: WS4REDIS_PING_TIMEOUT is for the gevent server).
 * Without ``echo`` a client does not get its own messages back: copies of
   what it published that return on a channel it also listens to are
   dropped, exactly those (0.6.0 compared with the last message received,
@@ -56,7 +59,7 @@ from ws4redis.redis_store import RedisMessage
 from ws4redis.session import check_handshake, negotiate, release_database_connections
 from ws4redis.speedups import validate_utf8
 
-__all__ = ["EchoFilter", "WebsocketWSGIServer", "deliver"]
+__all__ = ["EchoFilter", "WebsocketWSGIServer", "deliver", "idle_timeout"]
 
 logger = logging.getLogger("ws4redis")
 
@@ -97,6 +100,14 @@ class EchoFilter:
         else:
             self._pending[key] = count - 1
         return True
+
+
+def idle_timeout(heartbeat: str | None, ping_interval: float | None) -> float | None:
+    """Seconds the loop may wait for traffic before it must send a heartbeat or a ping (None: forever)."""
+    intervals = [ping_interval] if ping_interval else []
+    if heartbeat:
+        intervals.append(constants.LEGACY_HEARTBEAT_INTERVAL)
+    return min(intervals, default=None)
 
 
 def _text(value: str | bytes) -> str:
@@ -236,24 +247,23 @@ class WebsocketWSGIServer:
         rlist = [websocket_fd] if redis_fd is None else [websocket_fd, redis_fd]
         heartbeat = private_settings.WS4REDIS_HEARTBEAT
         ping_interval = private_settings.WS4REDIS_PING_INTERVAL
-        timeout = min(
-            (t for t in (heartbeat and constants.LEGACY_HEARTBEAT_INTERVAL, ping_interval) if t), default=None
-        )
-        last_ping = time.monotonic()
+        timeout = idle_timeout(heartbeat, ping_interval)
+        last_heartbeat = last_ping = time.monotonic()
         while not websocket.closed:
             ready = self.select(rlist, [], [], timeout)[0]
             if not ready:
-                # Idle: keep the connection (and proxies on the way) alive, then read anyway, which
-                # lets adapters whose library pings from its read call (uWSGI) do so.
-                if heartbeat:
+                # Idle: keep the client, and any proxy on the way, from giving up on the connection.
+                now = time.monotonic()
+                if heartbeat and now - last_heartbeat >= constants.LEGACY_HEARTBEAT_INTERVAL:
                     websocket.send(heartbeat)
-                if ping_interval and time.monotonic() - last_ping >= ping_interval:
+                    last_heartbeat = now
+                if ping_interval and now - last_ping >= ping_interval:
                     websocket.ping()
-                    last_ping = time.monotonic()
-                ready = [websocket_fd]
+                    last_ping = now
+                continue
             if websocket_fd in ready:
                 self._publish_received(websocket, subscriber, echo_filter, heartbeat)
-            if redis_fd is not None and redis_fd in ready and not websocket.closed:
+            if redis_fd in ready and not websocket.closed:
                 self._deliver_buffered(websocket, subscriber, echo_filter)
 
     @staticmethod
@@ -264,7 +274,8 @@ class WebsocketWSGIServer:
             payload = RedisMessage(message)
             if payload is None:
                 # RedisMessage turns exactly the heartbeat into None.
-                websocket.send(heartbeat)
+                if not websocket.closed:
+                    websocket.send(heartbeat)
             elif payload:
                 subscriber.publish_message(payload)
                 if echo_filter is not None:
