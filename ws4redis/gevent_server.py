@@ -116,7 +116,7 @@ class WebSocketConnection:
     __slots__ = (
         "sock", "_fd", "protocol", "subscriber", "channels", "patterns", "echo", "suppress", "config",
         "server", "peer", "_state", "_queue", "_queued_bytes", "_offset", "_watcher", "_blocked", "_drained",
-        "_persisted", "_last_recv", "_ping_sent", "_closing_since", "__weakref__",
+        "_persisted", "_last_recv", "_ping_sent", "_closing_since", "refused", "__weakref__",
     )
 
     def __init__(self, sock: socket.socket, subscriber: Any, config: ServerConfig, server: WebSocketServer,
@@ -146,6 +146,7 @@ class WebSocketConnection:
         self._last_recv = time.monotonic()
         self._ping_sent = 0.0
         self._closing_since = 0.0
+        self.refused: str | None = None  # why it was closed before the 101 went out (see close())
 
     # --- the hub's side ---------------------------------------------------
 
@@ -273,8 +274,18 @@ class WebSocketConnection:
     # --- closing ----------------------------------------------------------
 
     def close(self, code: int, reason: str) -> None:
-        """Start the close handshake (from any greenlet); no data frame follows the close frame."""
+        """Start the close handshake (from any greenlet); no data frame follows the close frame.
+
+        Before the 101 response went out there is no websocket to close yet:
+        the connection is only marked, and the client gets a 503 instead.
+        """
         if self._state >= CLOSING:
+            return
+        if self._state == SETUP:
+            self._state = CLOSED
+            self._queue = []
+            self._queued_bytes = 0
+            self.refused = reason
             return
         self._state = CLOSING
         self._closing_since = time.monotonic()
@@ -288,8 +299,12 @@ class WebSocketConnection:
 
     # --- the handler greenlet ---------------------------------------------
 
-    def start(self, hub: Hub) -> None:
-        """Subscribe, queue the persisted messages ahead of live ones, then let the writes flow."""
+    def prepare(self, hub: Hub) -> None:
+        """Subscribe and fetch the persisted messages, before the client learns the websocket is open.
+
+        Live messages arriving meanwhile are queued behind the persisted ones,
+        so a client that publishes as soon as it is open is already heard.
+        """
         confirmed = hub.subscribe(self, self.channels, self.patterns)
         if not confirmed:
             logger.warning("ws4redis: Redis did not confirm the subscriptions of %s in time", self.peer)
@@ -300,10 +315,11 @@ class WebSocketConnection:
             logger.warning("ws4redis: persisted messages for %s unavailable (%s); the hub re-sends them "
                            "once Redis is back", self.peer, exc)
         persisted, self._persisted = self._persisted, None
-        if self._state != SETUP:
-            return  # closed meanwhile (overflow or shutdown)
         self._queue[:0] = persisted
         self._queued_bytes += sum(len(frame) for frame in persisted)
+
+    def open(self) -> None:
+        """The 101 response is out: let the queued frames flow."""
         self._state = OPEN
         self.flush()
 
@@ -570,15 +586,21 @@ class WebSocketHandler(WSGIHandler):
             return
         finally:
             release_database_connections()
-        if not self._send_raw(upgrade_response(handshake, negotiation.subprotocol)) or server.shutting_down:
+        if server.shutting_down:
+            self._send_raw(error_response(HandshakeError("Service Unavailable: the server is stopping", 503)))
             subscriber.release()
             return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = WebSocketConnection(sock, subscriber, server.config, server, peer, negotiation.echo)
         server.connections.add(connection)
         try:
-            connection.start(server.hub)
-            connection.run(pending)
+            connection.prepare(server.hub)
+            if connection.refused is not None:
+                refusal = HandshakeError(f"Service Unavailable: {connection.refused}", 503)
+                self._send_raw(error_response(refusal))
+            elif self._send_raw(upgrade_response(handshake, negotiation.subprotocol)):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connection.open()
+                connection.run(pending)
         finally:
             server.connections.discard(connection)
             connection.finish(server.hub)
@@ -643,6 +665,7 @@ def run_worker(listener: socket.socket, websocket_only: bool = False) -> int:
     server = WebSocketServer(listener, application, config)
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, gevent.spawn, server.shutdown)
+    server.hub.start()
     server.start()
     host, port = listener.getsockname()[:2]
     logger.info("ws4redis: worker %d serving websockets under %s on %s:%d%s", os.getpid(),

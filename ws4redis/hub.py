@@ -365,6 +365,11 @@ class Hub:
         self.closed = False
         self.messages_received = 0
 
+    def start(self) -> None:
+        """Connect every link now instead of at the first subscription (a server does it at start-up)."""
+        for link in self.router.links:
+            link.start()
+
     # --- listeners --------------------------------------------------------
 
     def subscribe(
