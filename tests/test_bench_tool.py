@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import ServerProcess, Site, serving
 from ws4redis.bench.procstat import ProcessGone, ProcessTree
 from ws4redis.bench.stats import Stats
+from ws4redis.embedded_redis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_TIMEOUT = 60
@@ -75,8 +77,6 @@ def test_a_server_pid_that_does_not_exist_is_refused():
 
 
 def test_unreachable_server_is_an_error_not_a_crash():
-    from ws4redis.embedded_redis import free_port
-
     report, _ = bench(f"ws://127.0.0.1:{free_port()}/ws/x", "--mode", "echo", "-n", "3", expect_status=1)
     assert report["connected"] == 0
     assert report["errors"] == 3
@@ -180,3 +180,78 @@ def test_echo_mode_counts_every_round_trip(echo_server):
     assert server["cpu_seconds"] > 0  # 5,000 round trips cost the server well over one clock tick
     assert server["cpu_per_delivered_message_us"] > 0
 
+
+
+@pytest.fixture(scope="module")
+def gevent_server(redis_server):
+    """ws4redis's gevent server (websockets only) on the suite's Redis."""
+    site = Site(redis_server.url)
+    port = free_port()
+    args = [sys.executable, "-m", "ws4redis", "serve", "--bind", f"127.0.0.1:{port}", "--websocket-only"]
+    try:
+        with serving(ServerProcess("gevent", args, site, port)) as server:
+            yield server
+    finally:
+        site.cleanup()
+
+
+def test_publish_mode_delivers_every_message_to_every_client(gevent_server, redis_server):
+    report, _ = bench(
+        gevent_server.url("/ws/bench-tool?subscribe-broadcast"), "--redis", redis_server.url,
+        "-n", "50", "-m", "200", "--server-pid", str(gevent_server.process.pid),
+    )
+    assert report["channel"] == "broadcast:bench-tool"
+    assert report["connected"] == 50 and report["published"] == 200
+    assert report["expected"] == report["delivered"] == 50 * 200
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["errors"] == 0
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    server = report["server"]
+    assert server["processes"] == 1
+    assert server["rss_after_connect_bytes"] > 0
+    assert isinstance(server["rss_per_connection_bytes"], float)
+    # The gevent server may spend less than one clock tick (10 ms) on 10,000 deliveries, so only
+    # the arithmetic is checked here; test_echo_mode_counts_every_round_trip sees CPU time grow.
+    assert server["cpu_seconds"] >= 0
+    assert server["cpu_per_delivered_message_us"] == pytest.approx(server["cpu_seconds"] / 10_000 * 1e6)
+
+
+def test_paced_publishing_loses_nothing(gevent_server, redis_server):
+    report, _ = bench(
+        gevent_server.url("/ws/bench-paced?subscribe-broadcast"), "--redis", redis_server.url,
+        "-n", "10", "-m", "50", "--rate", "500", "-s", "1000",
+    )
+    assert report["rate"] == 500 and report["size"] == 1000
+    assert report["delivered"] == report["expected"] == 500 and report["lost"] == 0
+
+
+def test_messages_of_an_earlier_run_are_not_counted(gevent_server):
+    # Echo through Redis on one facility per client: the server persists each client's last
+    # message and replays it to the next run's client, which must ignore it.
+    url = gevent_server.url("/ws/bench-replay-{i}?subscribe-broadcast&publish-broadcast&echo")
+    first, _ = bench(url, "--mode", "echo", "-n", "2", "-m", "5")
+    second, _ = bench(url, "--mode", "echo", "-n", "2", "-m", "5")
+    assert first["delivered"] == second["delivered"] == 10
+    assert second["foreign"] == 2, "each client is greeted by the message persisted by the first run"
+    assert second["duplicates"] == 0 and second["lost"] == 0 and second["errors"] == 0
+
+
+def test_a_refused_handshake_is_reported_with_its_status(gevent_server):
+    report, result = bench(
+        gevent_server.url("/ws/bench-tool?subscribe-broadcast"), "--mode", "echo", "-n", "3",
+        "-H", "Origin: http://elsewhere.example", expect_status=1,
+    )
+    assert report["connected"] == 0 and report["errors"] == 3
+    [kind] = report["error_kinds"]
+    assert kind.startswith("handshake: HTTP 403")
+
+
+def test_undelivered_messages_are_counted_as_lost(gevent_server, redis_server):
+    report, _ = bench(
+        gevent_server.url("/ws/bench-tool?subscribe-broadcast"), "--redis", redis_server.url,
+        "--channel", "broadcast:nobody-listens", "-n", "3", "-m", "10", "--timeout", "1", expect_status=1,
+    )
+    assert report["published"] == 10
+    assert report["delivered"] == 0 and report["lost"] == report["expected"] == 30
+    assert any(kind.startswith("warm-up:") for kind in report["error_kinds"])
+    assert any("no subscriber" in kind for kind in report["error_kinds"])

@@ -10,7 +10,11 @@ Every benchmark message starts with a fixed-width ASCII header, so a text
 frame carries it unchanged and one slice plus ``int(..., 16)`` recovers each
 field::
 
-    kind (4) | source (8 hex) | sequence (8 hex) | send time, monotonic ns (16 hex) | padding
+    kind (4) | run (8 hex) | source (8 hex) | sequence (8 hex) | send time, monotonic ns (16 hex) | padding
+
+The first three fields form the sender's tag. The run number is random per
+run, so a message left over from an earlier run (a persisted message a
+server replays on connect, say) is told apart and ignored.
 
 ``time.monotonic_ns`` is CLOCK_MONOTONIC on Linux, shared by every process,
 so a timestamp taken by the publisher compares with the receive time taken
@@ -35,19 +39,21 @@ from ws4redis.speedups import FrameParser, encode_frame
 
 KIND_DATA = b"W4RB"
 KIND_WARMUP = b"W4RW"
-HEADER_SIZE = 36
+TAG_SIZE = 20  # kind, run and source
+RUN_PREFIX_SIZE = 12  # kind and run
+HEADER_SIZE = 44
 MAX_RESPONSE_HEAD = 16384
 PUBLISHER_SOURCE = 0
 
 
-def message(kind: bytes, source: int, seq: int, padding: bytes) -> bytes:
-    """A benchmark message stamped with the current time."""
-    return b"%s%08x%08x%016x" % (kind, source, seq, monotonic_ns()) + padding
+def tag(kind: bytes, run: int, source: int) -> bytes:
+    """The first header fields, identifying the sender of a message."""
+    return b"%s%08x%08x" % (kind, run, source)
 
 
-def source_tag(source: int) -> bytes:
-    """The header field identifying ``source``, as it appears on the wire."""
-    return b"%08x" % source
+def message(sender: bytes, seq: int, padding: bytes) -> bytes:
+    """A benchmark message from ``sender`` (a :func:`tag`) stamped with the current time."""
+    return b"%s%08x%016x" % (sender, seq, monotonic_ns()) + padding
 
 
 class HandshakeFailed(Exception):
@@ -86,16 +92,19 @@ class Target:
 class BenchClient(asyncio.Protocol):
     """A websocket client counting the benchmark messages it receives.
 
-    ``source`` selects which messages are this client's: the publisher's
-    (publish mode) or its own echoes (echo mode). Others are counted as
-    foreign and otherwise ignored, so a server that also broadcasts an echo
-    to other clients does not distort the figures.
+    ``sender`` (a :func:`tag`) selects which messages are this client's:
+    the publisher's (publish mode) or its own echoes (echo mode). Others are
+    counted as foreign and otherwise ignored, so a server that also
+    broadcasts an echo to other clients, or replays a message of an earlier
+    run, does not distort the figures. A warm-up message of this run marks
+    the client ``warmed``.
     """
 
-    def __init__(self, index: int, target: Target, stats: Stats, messages: int, source: int) -> None:
+    def __init__(self, index: int, target: Target, stats: Stats, messages: int, sender: bytes) -> None:
         self.index = index
         self.stats = stats
-        self.source = source_tag(source)
+        self.sender = sender
+        self.warmup = KIND_WARMUP + sender[len(KIND_WARMUP) : RUN_PREFIX_SIZE]
         self.seen = bytearray(messages)
         self.transport: asyncio.Transport | None = None
         self.open = False
@@ -144,14 +153,13 @@ class BenchClient(asyncio.Protocol):
                         continue
                     payload = b"".join(self._fragments)
                     self._fragments.clear()
-                kind = payload[:4]
-                if kind != KIND_DATA or payload[4:12] != self.source:
-                    if kind == KIND_WARMUP:
+                if payload[:TAG_SIZE] != self.sender:
+                    if payload[:RUN_PREFIX_SIZE] == self.warmup:
                         self.warmed = True
                     else:
                         stats.foreign += 1
                     continue
-                seq = int(payload[12:20], 16)
+                seq = int(payload[20:28], 16)
                 seen = self.seen
                 if seq >= len(seen):
                     stats.foreign += 1
@@ -160,7 +168,7 @@ class BenchClient(asyncio.Protocol):
                     stats.duplicates += 1
                     continue
                 seen[seq] = 1
-                stats.latencies.append(now - int(payload[20:36], 16))
+                stats.latencies.append(now - int(payload[28:44], 16))
                 delivered += 1
                 if seq == self.waiting_seq:
                     self.waiting_seq = -1

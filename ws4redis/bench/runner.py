@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from dataclasses import dataclass
 from time import monotonic, monotonic_ns, process_time
 
@@ -20,6 +21,7 @@ from ws4redis.bench.client import (
     HandshakeFailed,
     Target,
     message,
+    tag,
 )
 from ws4redis.bench.procstat import ProcessGone, ProcessTree
 from ws4redis.bench.stats import Stats
@@ -97,6 +99,7 @@ class Run:
         self.clients: list[BenchClient] = []
         self.server = ProcessTree(options.server_pid) if options.server_pid else None
         self.envelope = split_envelope(options.envelope)
+        self.run_id = random.getrandbits(32)
 
     async def execute(self) -> dict:
         opts = self.options
@@ -156,13 +159,11 @@ class Run:
         opts = self.options
         loop = asyncio.get_running_loop()
         limit = asyncio.Semaphore(opts.concurrency)
-        source = PUBLISHER_SOURCE
         self.progress.phase, self.progress.total = "connect", opts.clients
 
         async def connect(index: int) -> None:
-            client = BenchClient(
-                index, self.target, self.stats, opts.messages, source if opts.mode == "publish" else index + 1
-            )
+            sender = tag(KIND_DATA, self.run_id, PUBLISHER_SOURCE if opts.mode == "publish" else index + 1)
+            client = BenchClient(index, self.target, self.stats, opts.messages, sender)
             async with limit:
                 try:
                     async with asyncio.timeout(opts.timeout):
@@ -204,6 +205,7 @@ class Run:
         padding = b"." * (opts.size - HEADER_SIZE)
         self.progress.phase, self.progress.total = "warm-up", len(self.clients)
         deadline = monotonic() + opts.timeout
+        sender = tag(KIND_WARMUP, self.run_id, PUBLISHER_SOURCE)
         attempt = 0
         while True:
             waiting = [client for client in self.clients if not client.warmed and client.open]
@@ -213,7 +215,7 @@ class Run:
             if monotonic() > deadline:
                 self.stats.error(f"warm-up: {len(waiting)} clients got no message within {opts.timeout} s")
                 return
-            marker = message(KIND_WARMUP, PUBLISHER_SOURCE, attempt, padding)
+            marker = message(sender, attempt, padding)
             await redis.publish(channel, self.envelope[0] + marker + self.envelope[1])
             await asyncio.sleep(WARMUP_INTERVALS[min(attempt, len(WARMUP_INTERVALS) - 1)])
             attempt += 1
@@ -232,6 +234,7 @@ class Run:
         channel = self.channel
         padding = b"." * (opts.size - HEADER_SIZE)
         before, after = self.envelope
+        sender = tag(KIND_DATA, self.run_id, PUBLISHER_SOURCE)
         window = opts.effective_window()
         subscribers = len(self.clients)
         self.progress.phase, self.progress.total = "publish", subscribers * opts.messages
@@ -267,7 +270,7 @@ class Run:
             count = min(count, PUBLISH_BATCH)
             pipe = redis.pipeline(transaction=False)
             for seq in range(published, published + count):
-                pipe.publish(channel, before + message(KIND_DATA, PUBLISHER_SOURCE, seq, padding) + after)
+                pipe.publish(channel, before + message(sender, seq, padding) + after)
             receivers = await pipe.execute()
             if not receivers[0]:
                 stats.error(f"publish: no subscriber on Redis channel {channel!r}")
@@ -285,7 +288,6 @@ class Run:
 
         async def round_trips(client: BenchClient) -> None:
             nonlocal sent
-            source = client.index + 1
             started = monotonic() + (interval * client.index / len(self.clients))
             for seq in range(opts.messages):
                 if interval:
@@ -295,7 +297,7 @@ class Run:
                 if monotonic() >= deadline or not client.open:
                     return
                 reply = client.expect(seq)
-                client.send_message(message(KIND_DATA, source, seq, padding))
+                client.send_message(message(client.sender, seq, padding))
                 sent += 1
                 try:
                     async with asyncio.timeout(opts.timeout):

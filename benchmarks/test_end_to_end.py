@@ -1,0 +1,94 @@
+"""End-to-end benchmarks: Redis fan-out and echo round trips through real ws4redis servers.
+
+Each benchmark starts a real redis-server and a real server (the gevent
+server ``python -m ws4redis serve`` or uWSGI with gevent), connects real
+websocket clients with ws4redis-bench's client and checks that nothing was
+lost. pytest-benchmark times the whole run; the figures that matter
+(deliveries per second, latency percentiles, server CPU per message, RSS per
+connection) go to ``extra_info``, which ``--benchmark-json`` saves.
+
+Sizes stay small for the CI smoke run (``pytest benchmarks --benchmark-disable``):
+50 subscribers x 200 messages. ``WS4REDIS_E2E_FULL=1`` runs the issue's
+target instead: 1,000 subscribers x 1,000 messages.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from benchmarks.e2e_servers import SERVERS, private_redis, run_bench, running
+from ws4redis.bench.runner import Options
+
+FULL = os.environ.get("WS4REDIS_E2E_FULL", "").strip() not in ("", "0")
+FAN_OUT = (1000, 1000) if FULL else (50, 200)  # subscribers, messages
+ECHO = (100, 1000) if FULL else (20, 100)  # clients, round trips each
+MESSAGE_SIZE = 100
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    with private_redis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module", params=sorted(SERVERS))
+def server(request, redis_url):
+    with running(request.param, redis_url) as server:
+        yield server
+
+
+def record(benchmark, report: dict) -> None:
+    latency = report["latency_ms"]
+    info = {
+        "delivered": report["delivered"],
+        "delivered_per_second": round(report["delivered_per_second"]),
+        "p50_ms": latency.get("p50"),
+        "p99_ms": latency.get("p99"),
+    }
+    if "server" in report:
+        info["server_cpu_us_per_message"] = report["server"]["cpu_per_delivered_message_us"]
+        info["server_rss_bytes_per_connection"] = report["server"]["rss_per_connection_bytes"]
+    benchmark.extra_info.update(info)
+
+
+def assert_complete(report: dict) -> None:
+    assert report["errors"] == 0, report["error_kinds"]
+    assert report["lost"] == 0, f"{report['lost']} of {report['expected']} deliveries lost"
+    assert report["delivered"] == report["expected"] > 0
+
+
+def test_fan_out(benchmark, server, redis_url):
+    subscribers, messages = FAN_OUT
+    options = Options(
+        url=server.url("/ws/e2e-fanout?subscribe-broadcast"),
+        clients=subscribers,
+        messages=messages,
+        size=MESSAGE_SIZE,
+        redis_url=redis_url,
+        server_pid=server.process.pid,
+        timeout=15.0,
+    )
+    report = benchmark.pedantic(run_bench, args=(options,), rounds=1, iterations=1)
+    record(benchmark, report)
+    assert_complete(report)
+    assert report["expected"] == subscribers * messages
+
+
+def test_echo_round_trips(benchmark, server):
+    clients, round_trips = ECHO
+    # One facility per client, so each echo comes back through Redis to its sender only.
+    options = Options(
+        url=server.url("/ws/e2e-echo-{i}?subscribe-broadcast&publish-broadcast&echo"),
+        clients=clients,
+        messages=round_trips,
+        size=MESSAGE_SIZE,
+        mode="echo",
+        server_pid=server.process.pid,
+        timeout=15.0,
+    )
+    report = benchmark.pedantic(run_bench, args=(options,), rounds=1, iterations=1)
+    record(benchmark, report)
+    assert_complete(report)
+    assert report["expected"] == clients * round_trips
