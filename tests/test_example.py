@@ -43,6 +43,8 @@ class RunPy:
     def __init__(self, tmp_path: Path):
         self.port = free_port()
         self.redis_port = free_port()
+        if redis_answers("127.0.0.1", self.redis_port):
+            pytest.fail(f"something already answers on the free port {self.redis_port}", pytrace=False)
         env = dict(os.environ)
         env.pop("DJANGO_SETTINGS_MODULE", None)
         env["WS4REDIS_EXAMPLE_REDIS"] = f"127.0.0.1:{self.redis_port}"
@@ -98,9 +100,6 @@ class RunPy:
 def run_py(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("run_py")
     started = RunPy(tmp_path)
-    if redis_answers("127.0.0.1", started.redis_port):
-        started.stop()
-        pytest.fail(f"something already answers on the free port {started.redis_port}", pytrace=False)
     try:
         started.wait_for_line(r"serving the chat at http://localhost:\d+/chat/", STARTUP_TIMEOUT)
         yield started
