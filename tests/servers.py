@@ -304,7 +304,14 @@ class ServerPool:
         self.servers.clear()
 
 
-STARTERS = {"runserver": runserver, "uwsgi": uwsgi}
+def gevent_server(site: Site, extra: list[str] | None = None) -> ServerProcess:
+    """ws4redis' production server, ``python -m ws4redis serve`` (``extra``: --workers 2 and such)."""
+    port = free_port()
+    args = [sys.executable, "-m", "ws4redis", "serve", "--bind", f"127.0.0.1:{port}", *(extra or [])]
+    return ServerProcess("gevent", args, site, port)
+
+
+STARTERS = {"runserver": runserver, "uwsgi": uwsgi, "gevent": gevent_server}
 
 
 # --- websocket clients ------------------------------------------------------------------------------

@@ -20,9 +20,20 @@ from contextlib import ExitStack
 
 import pytest
 import redis
-from websockets.sync.client import connect
 
-from tests.servers import ROOT, ServerProcess, Site, http_request, runserver, serving
+from tests.servers import (
+    ROOT,
+    ServerProcess,
+    Site,
+    gevent_server,
+    http_request,
+    raw_upgrade,
+    read_frames,
+    read_until_closed,
+    runserver,
+    serving,
+)
+from tests.servers import ws_connect as ws
 from ws4redis.embedded_redis import free_port
 from ws4redis.protocol import CloseReceived, Message, WebSocketProtocol
 from ws4redis.publisher import RedisPublisher
@@ -62,21 +73,6 @@ def gevent_site(redis_url: str, **overrides: str) -> Site:
     return site
 
 
-def gevent_server(site: Site, *options: str) -> ServerProcess:
-    """``python -m ws4redis serve`` on a free port with ``options`` (``--workers 2`` and such)."""
-    port = free_port()
-    args = [sys.executable, "-m", "ws4redis", "serve", "--bind", f"127.0.0.1:{port}", *options]
-    return ServerProcess("gevent", args, site, port)
-
-
-def ws(server: ServerProcess, path: str, session: str | None = None, **options):
-    """A ``websockets`` client; with ``session``, the session cookie is sent."""
-    headers = {"Cookie": f"sessionid={session}"} if session else {}
-    options.setdefault("open_timeout", 10)
-    options.setdefault("close_timeout", 5)
-    return connect(server.url(path), additional_headers=headers, proxy=None, compression=None, **options)
-
-
 def handshake_request(port: int, path: str, extra: str = "", version: str = "13", method: str = "GET",
                       ) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
@@ -100,33 +96,6 @@ def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
                 break
             chunks.append(chunk)
     return b"".join(chunks)
-
-
-def raw_upgrade(port: int, path: str, timeout: float = 20.0) -> tuple[socket.socket, bytes]:
-    """A websocket opened by hand; returns the socket and the bytes after the 101 head."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sock.sendall(handshake_request(port, path))
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise AssertionError(f"connection closed during the handshake: {data!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, rest
-
-
-def read_messages(sock: socket.socket, count: int, initial: bytes = b"") -> list:
-    """The next ``count`` events a raw client receives (parsed with the client side of the core)."""
-    protocol = WebSocketProtocol(client=True)
-    events = list(protocol.receive_data(initial)) if initial else []
-    while len(events) < count:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        events.extend(protocol.receive_data(chunk))
-    return events
 
 
 def wait_until(predicate, limit: float = 15.0, what: str = "condition") -> None:
@@ -284,7 +253,7 @@ def test_plain_http_requests_reach_django_with_keep_alive(clean_server):
 
 
 def test_websocket_only_answers_404_outside_websocket_url(site, redis_client):
-    with serving(gevent_server(site, "--websocket-only")) as server:
+    with serving(gevent_server(site, ["--websocket-only"])) as server:
         status, _headers, body = http_request(server.port, "GET", "/page")
         assert status == 404
         assert b"only serves websockets under /ws/" in body
@@ -382,7 +351,7 @@ def test_a_thousand_concurrent_websockets_on_one_process_share_one_pubsub_connec
     sockets = []
     try:
         for _ in range(count):
-            sock, rest = raw_upgrade(clean_server.port, "/ws/crowd?subscribe-broadcast")
+            sock, rest = raw_upgrade(clean_server, "/ws/crowd?subscribe-broadcast")
             assert rest == b""
             sockets.append(sock)
         subscribed = [(c["name"], c["sub"]) for c in subscribed_clients(redis_client)]
@@ -390,8 +359,7 @@ def test_a_thousand_concurrent_websockets_on_one_process_share_one_pubsub_connec
         assert redis_client.pubsub_numsub("broadcast:crowd") == [(b"broadcast:crowd", 1)]
         assert RedisPublisher(facility="crowd", broadcast=True).publish_message("hello crowd") == 1
         for sock in sockets:
-            events = read_messages(sock, 1)
-            assert events == [Message(b"hello crowd", False)]
+            assert read_frames(sock, 1) == [Message(b"hello crowd", False)]
     finally:
         for sock in sockets:
             sock.close()
@@ -399,7 +367,7 @@ def test_a_thousand_concurrent_websockets_on_one_process_share_one_pubsub_connec
 
 
 def test_two_workers_share_the_port_with_one_hub_each(site, redis_client):
-    with serving(gevent_server(site, "--workers", "2")) as server, ExitStack() as stack:
+    with serving(gevent_server(site, ["--workers", "2"])) as server, ExitStack() as stack:
         parent = server.process.pid
         wait_until(lambda: len(hub_pids_of_children(redis_client, parent)) == 2,
                    what="both workers connected to Redis")
@@ -439,18 +407,18 @@ def test_serve_without_settings_or_with_bad_settings_fails_with_a_clear_message(
 
 
 def test_a_closing_client_is_answered_and_released(clean_server, redis_client):
-    sock, rest = raw_upgrade(clean_server.port, "/ws/bye?subscribe-broadcast")
+    sock, rest = raw_upgrade(clean_server, "/ws/bye?subscribe-broadcast")
     with sock:
         protocol = WebSocketProtocol(client=True)
         protocol.send_close(1000, "bye")
         sock.sendall(protocol.data_to_send())
-        events = read_messages(sock, 1, rest)
+        events = read_until_closed(sock, rest)
     assert events == [CloseReceived(1000, "")]
     wait_until(lambda: not subscribed_clients(redis_client), what="the channel released")
 
 
 def test_a_client_vanishing_without_close_releases_its_channel(clean_server, redis_client):
-    sock, _rest = raw_upgrade(clean_server.port, "/ws/abrupt?subscribe-broadcast")
+    sock, _rest = raw_upgrade(clean_server, "/ws/abrupt?subscribe-broadcast")
     assert len(subscribed_clients(redis_client)) == 1
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()  # linger 0: a TCP reset, no close frame
