@@ -9,7 +9,6 @@ into a new bytes object.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_CheckExact, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.long cimport PyLong_CheckExact
 from libc.string cimport memcpy
 
 from wscore cimport (
@@ -72,7 +71,7 @@ def mask(data, key) -> bytes:
     return result
 
 
-def mask_inplace(buf, key, offset=0) -> None:
+def mask_inplace(buf, key, Py_ssize_t offset=0) -> None:
     """Unmask ``buf[offset:]`` in place, the key's first byte applying to ``buf[offset]``.
 
     This is what a receive buffer needs: the header sits before ``offset`` and
@@ -83,14 +82,14 @@ def mask_inplace(buf, key, offset=0) -> None:
     """
     cdef unsigned char k[WS_MASK_KEY_LENGTH]
     cdef unsigned char *target
-    cdef Py_ssize_t n, start
+    cdef Py_ssize_t n
     cdef Py_buffer view
     load_key(key, k)
     if PyByteArray_CheckExact(buf):
         n = PyByteArray_GET_SIZE(buf)
-        start = check_offset(offset, n)
-        ws_mask(<unsigned char *>PyByteArray_AS_STRING(buf) + start,
-                <const unsigned char *>PyByteArray_AS_STRING(buf) + start, <size_t>(n - start), k, 0)
+        check_offset(offset, n)
+        ws_mask(<unsigned char *>PyByteArray_AS_STRING(buf) + offset,
+                <const unsigned char *>PyByteArray_AS_STRING(buf) + offset, <size_t>(n - offset), k, 0)
         return
     if not PyObject_CheckBuffer(buf):
         raise TypeError(f"a bytes-like object is required, not '{type(buf).__name__}'")
@@ -102,26 +101,14 @@ def mask_inplace(buf, key, offset=0) -> None:
         )
     try:
         n = view.len
-        start = check_offset(offset, n)
-        target = <unsigned char *>view.buf + start
-        ws_mask(target, target, <size_t>(n - start), k, 0)
+        check_offset(offset, n)
+        target = <unsigned char *>view.buf + offset
+        ws_mask(target, target, <size_t>(n - offset), k, 0)
     finally:
         PyBuffer_Release(&view)
 
 
-cdef extern from "Python.h":
-    # Without Cython's error check: an overflow is handled below.
-    Py_ssize_t ws_long_as_ssize_t "PyLong_AsSsize_t"(object obj)
-
-
-cdef inline Py_ssize_t check_offset(object offset, Py_ssize_t length) except -1:
-    cdef Py_ssize_t value
-    if PyLong_CheckExact(offset):
-        value = ws_long_as_ssize_t(offset)
-        if value == -1:
-            PyErr_Clear()  # too large for Py_ssize_t: outside the buffer anyway
-    else:
-        value = offset
-    if value < 0 or value > length:
+cdef inline int check_offset(Py_ssize_t offset, Py_ssize_t length) except -1:
+    if offset < 0 or offset > length:
         raise ValueError(f"mask_inplace offset {offset} is outside the buffer of {length} bytes")
-    return value
+    return 0

@@ -140,6 +140,20 @@ def test_mask_inplace_refuses_what_it_cannot_modify_in_place(buf):
         mask_inplace(buf, KEY)
 
 
+def test_mask_inplace_offset_beyond_a_c_ssize_t_overflows():
+    buf = bytearray(b"abcde")
+    with pytest.raises(OverflowError):
+        mask_inplace(buf, KEY, 1 << 70)
+    with pytest.raises(OverflowError):
+        mask_inplace(buf, KEY, -(1 << 70))
+    assert buf == bytearray(b"abcde")
+
+
+def test_mask_inplace_offset_must_be_an_integer():
+    with pytest.raises(TypeError):
+        mask_inplace(bytearray(b"abcde"), KEY, 1.0)
+
+
 def test_mask_inplace_rejects_what_is_not_a_buffer():
     with pytest.raises(TypeError):
         mask_inplace("text", KEY)

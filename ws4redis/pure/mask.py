@@ -9,6 +9,9 @@ with the same API, errors and semantics.
 
 from __future__ import annotations
 
+import operator
+import sys
+
 from ws4redis.constants import MASK_KEY_LENGTH
 
 BytesLike = bytes | bytearray | memoryview
@@ -54,8 +57,13 @@ def mask_inplace(buf: BytesLike, key: BytesLike, offset: int = 0) -> None:
     the payload after it is turned into plain text without a copy. ``buf``
     must be writable and C-contiguous (a bytearray or a writable memoryview);
     anything else raises TypeError, as in-place work on a copy would silently
-    do nothing. ``offset`` must lie in ``0..len(buf)`` (ValueError otherwise).
+    do nothing. ``offset`` must lie in ``0..len(buf)`` (ValueError otherwise;
+    OverflowError when it does not even fit a C ``ssize_t``, as in the
+    compiled twin).
     """
+    offset = operator.index(offset)
+    if not -sys.maxsize - 1 <= offset <= sys.maxsize:
+        raise OverflowError(f"mask_inplace offset {offset} does not fit a C ssize_t")
     raw_key = _key_bytes(key)
     view = memoryview(buf)
     if view.readonly or not view.c_contiguous:
