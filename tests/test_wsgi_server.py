@@ -543,3 +543,31 @@ def test_idle_connections_get_pings_and_heartbeats(redis_server, kind):
             assert not server.tracebacks()
     finally:
         site.cleanup()
+
+
+@pytest.fixture(params=[pytest.param(("runserver", site), id=f"runserver-{site}") for site in SITES])
+def runserver_live(request, pool, sites, store):
+    return _live(request, pool, sites, store)
+
+
+def test_frames_sent_right_behind_the_handshake_are_not_lost(runserver_live, facility):
+    """A client must wait for the 101 before sending frames (RFC 6455, section 4.1); one that does not
+    is still served by runserver. Under uWSGI such bytes stay in uWSGI's request buffer."""
+    live = runserver_live
+    request = (
+        f"GET /ws/{facility}?subscribe-broadcast&publish-broadcast&echo HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{live.server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", live.server.port), timeout=RECV_TIMEOUT) as sock:
+        sock.sendall(request + servers.client_frame(constants.OP_TEXT, b"eager"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        protocol = WebSocketProtocol(client=True)
+        events = protocol.receive_data(rest)
+        while not any(isinstance(event, Message) for event in events):
+            events += protocol.receive_data(sock.recv(65536))
+    assert [event for event in events if isinstance(event, Message)] == [Message(b"eager", False)]

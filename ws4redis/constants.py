@@ -64,6 +64,11 @@ def default_max_fragments(max_message_size: int) -> int:
 # Handshake (RFC 6455, section 4)
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WEBSOCKET_VERSION = "13"
+
+# Query parameter of a websocket URL asking to receive one's own published messages back
+# (the channel parameters, such as 'subscribe-broadcast', are named by the subscriber class).
+ECHO_PARAMETER = "echo"
+
 # Limits of a raw HTTP request head (servers that parse HTTP themselves):
 # beyond them the request is refused with 431 (or 414 for an endless request
 # line) instead of being buffered.

@@ -45,9 +45,6 @@ __all__ = ["WebsocketRunServer", "application"]
 
 logger = logging.getLogger("ws4redis")
 
-_LEFTOVER_READ = 1 << 16
-
-
 def _wsgiref_request_handler(start_response: StartResponse) -> tuple[BaseHandler, Any]:
     """The wsgiref handler behind ``start_response`` and its socketserver request handler."""
     handler = getattr(start_response, "__self__", None)
@@ -72,13 +69,14 @@ def _buffered_bytes(request_handler: Any) -> bytes:
 
     A client may send its first frames right behind the handshake; they sit
     in ``rfile``'s buffer, where reading the socket would never find them.
-    With the socket non-blocking, ``read1`` returns just what is buffered.
+    With the socket non-blocking, ``read1`` returns just what is buffered
+    (or, with an empty buffer, what one read of the socket finds).
     """
     sock = request_handler.connection
     timeout = sock.gettimeout()
     sock.settimeout(0.0)
     try:
-        return request_handler.rfile.read1(_LEFTOVER_READ) or b""
+        return request_handler.rfile.read1() or b""
     except BlockingIOError:
         return b""
     finally:

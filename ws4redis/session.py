@@ -32,12 +32,12 @@ from django.core.handlers.wsgi import WSGIRequest
 from django.db import connections
 from django.utils.functional import SimpleLazyObject
 
+from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, headers_from_environ, validate_upgrade
 
 __all__ = [
-    "ECHO",
     "Negotiation",
     "attach_session_and_user",
     "build_request",
@@ -48,10 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("ws4redis")
-
-ECHO = "echo"
-"""Query parameter asking to receive one's own published messages back."""
-
 
 @dataclass
 class Negotiation:
@@ -122,7 +118,7 @@ def requested_channels(request: WSGIRequest, possible: list[str]) -> tuple[list[
         name = parameter.strip().lower()
         if name in possible and name not in channels:
             channels.append(name)
-        elif name == ECHO:
+        elif name == constants.ECHO_PARAMETER:
             echo = True
     return channels, echo
 

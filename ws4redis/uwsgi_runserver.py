@@ -89,12 +89,17 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
         self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake,
         subprotocol: str | None,
     ) -> uWSGIWebsocket:
+        # Everything that can fail is done before the handshake: after it, no HTTP error can be sent.
+        try:
+            sock = gevent.socket.socket(fileno=os.dup(uwsgi.connection_fd()))
+        except OSError as exc:
+            raise HandshakeError(f"Service Unavailable: cannot take over the connection: {exc}", 503) from exc
         try:
             uwsgi.websocket_handshake(handshake.key, environ.get("HTTP_ORIGIN", ""), subprotocol or "")
         except OSError as exc:
+            sock.close()
             raise HandshakeError(f"Internal Server Error: uWSGI could not upgrade the connection: {exc}",
                                  500) from exc
-        sock = gevent.socket.socket(fileno=os.dup(uwsgi.connection_fd()))
         return uWSGIWebsocket(
             sock,
             max_message_size=private_settings.WS4REDIS_MAX_MESSAGE_SIZE,

@@ -19,6 +19,9 @@ What a server adapter provides (``ws4redis.django_runserver``,
 
 The rules of the loop, compared with 0.6.0:
 
+* The persisted messages are read before the 101 goes out and sent right
+  after it, so a message the client publishes once connected is not also
+  taken for a persisted one and delivered twice.
 * Every message Redis has buffered is delivered when its descriptor wakes up
   (0.6.0 delivered one per wake-up: four of a burst of five waited).
 * Payloads that are valid UTF-8 go out as text frames, anything else as
@@ -249,6 +252,8 @@ class WebsocketWSGIServer:
         ping_interval = private_settings.WS4REDIS_PING_INTERVAL
         timeout = idle_timeout(heartbeat, ping_interval)
         last_heartbeat = last_ping = time.monotonic()
+        # Frames that came with the handshake are already buffered; waiting on the socket would not see them.
+        self._publish_received(websocket, subscriber, echo_filter, heartbeat)
         while not websocket.closed:
             ready = self.select(rlist, [], [], timeout)[0]
             if not ready:
