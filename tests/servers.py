@@ -329,9 +329,17 @@ def ws_connect(server: ServerProcess, path: str, session: str | None = None, **o
     return connect(server.url(path), additional_headers=headers, proxy=None, compression=None, **options)
 
 
-def raw_upgrade(server: ServerProcess, path: str, timeout: float = 20.0) -> tuple[socket.socket, bytes]:
-    """A TCP socket upgraded by hand; returns it and the bytes received after the response head."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+def raw_upgrade(server: ServerProcess, path: str, timeout: float = 20.0, receive_buffer: int | None = None,
+                ) -> tuple[socket.socket, bytes]:
+    """A TCP socket upgraded by hand; returns it and the bytes received after the response head.
+
+    ``receive_buffer`` sets SO_RCVBUF before connecting, for clients meant to fall behind.
+    """
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", server.port))
     key = base64.b64encode(os.urandom(16)).decode()
     request = (
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"

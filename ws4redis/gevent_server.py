@@ -161,8 +161,12 @@ class WebSocketConnection:
         queue.append(frame)
         self._queued_bytes += len(frame)
         if self._queued_bytes > self.config.queue_bytes or len(queue) > self.config.queue_messages:
-            self._overflow()
-            return False
+            # A burst fills the queue before the hub flushes: let the socket take what it can first.
+            if self._state == OPEN and not self._blocked:
+                self._write()
+            if self._queued_bytes > self.config.queue_bytes or len(self._queue) > self.config.queue_messages:
+                self._overflow()
+                return False
         return len(queue) == 1 and self._state == OPEN and not self._blocked
 
     def flush(self) -> None:
