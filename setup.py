@@ -35,8 +35,8 @@ class OptionalBuildExt(build_ext):
     @staticmethod
     def _warn(exc):
         sys.stderr.write(
-            "\n*** WARNING: could not compile the ws4redis speedups (%s).\n"
-            "*** ws4redis will use its pure-Python implementation, which is slower.\n\n" % exc
+            f"\n*** WARNING: could not compile the ws4redis speedups ({exc}).\n"
+            "*** ws4redis will use its pure-Python implementation, which is slower.\n\n"
         )
 
 

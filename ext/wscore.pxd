@@ -6,7 +6,6 @@
 # module of this name is needed.
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyObject_CheckBuffer
-from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
 
 

@@ -62,8 +62,9 @@ def _first_invalid(data: bytes) -> int:
     return -1
 
 
-def _as_bytes(data: BytesLike) -> bytes:
-    return data if type(data) is bytes else memoryview(data).tobytes()
+def _as_bytes(data: BytesLike) -> bytes | bytearray:
+    """``data`` itself when it is bytes or a bytearray, else a bytes copy of its buffer."""
+    return data if type(data) is bytes or type(data) is bytearray else memoryview(data).tobytes()
 
 
 def validate_utf8(data: BytesLike) -> bool:
