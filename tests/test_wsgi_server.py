@@ -571,3 +571,23 @@ def test_frames_sent_right_behind_the_handshake_are_not_lost(runserver_live, fac
         while not any(isinstance(event, Message) for event in events):
             events += protocol.receive_data(sock.recv(65536))
     assert [event for event in events if isinstance(event, Message)] == [Message(b"eager", False)]
+
+
+@pytest.mark.parametrize("kind", [pytest.param(kind, marks=marks) for kind, marks in KINDS.items()])
+def test_a_failing_hook_gets_a_readable_500_and_the_server_goes_on(redis_server, kind):
+    hook = "'tests.project.views.broken_allowed_channels'"
+    site = servers.Site(redis_server.url, {"WS4REDIS_ALLOWED_CHANNELS": hook})
+    try:
+        with servers.serving(servers.STARTERS[kind](site)) as server:
+            for _ in range(2):
+                status, headers, body = servers.http_request(
+                    server.port, "GET", "/ws/any?subscribe-broadcast", upgrade_headers()
+                )
+                assert status == 500
+                assert headers["content-type"].startswith("text/plain")
+                assert b"could not set up the websocket" in body
+            assert "RuntimeError: bug in the project's allowed-channels hook" in server.output()
+            assert servers.http_request(server.port, "GET", "/ping")[::2] == (200, b"pong")
+            assert server.alive()
+    finally:
+        site.cleanup()

@@ -197,6 +197,11 @@ class WebsocketWSGIServer:
         except redis.RedisError as exc:
             logger.error("ws4redis: cannot subscribe, Redis failed: %s", exc)
             return self.refuse(start_response, 503, "Service Unavailable: the message broker is unreachable")
+        except Exception:
+            # A failing hook (WS4REDIS_PROCESS_REQUEST, WS4REDIS_ALLOWED_CHANNELS, a subscriber
+            # subclass): log it with its traceback and answer, as Django does for a failing view.
+            logger.exception("ws4redis: setting up the websocket %s failed", environ.get("PATH_INFO"))
+            return self.refuse(start_response, 500, "Internal Server Error: could not set up the websocket")
         logger.debug("ws4redis: %s subscribed to %s, publishing on %s", environ.get("PATH_INFO"),
                      subscriber.subscribed_channels, sorted(subscriber.publishers))
         try:

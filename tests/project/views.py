@@ -34,6 +34,11 @@ def allowed_channels(request: HttpRequest, channels: list[str]) -> list[str]:
     return channels
 
 
+def broken_allowed_channels(request: HttpRequest, channels: list[str]) -> list[str]:
+    """A WS4REDIS_ALLOWED_CHANNELS with a bug, as a project might have one."""
+    raise RuntimeError("bug in the project's allowed-channels hook")
+
+
 def process_request(request: HttpRequest) -> None:
     """Session and user as usual, unless an X-Test-User header names a user (no database)."""
     attach_session_and_user(request)
