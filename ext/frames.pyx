@@ -111,6 +111,7 @@ cdef class Frame:
 
 
 cdef inline Frame new_frame(int opcode, bytes payload, bint fin):
+    """A parsed frame, built without the argument parsing of ``Frame(...)``."""
     cdef Frame frame = Frame.__new__(Frame)
     frame.opcode = OPCODES[opcode]
     frame.payload = payload
@@ -122,6 +123,7 @@ cdef inline Frame new_frame(int opcode, bytes payload, bint fin):
 
 
 cdef inline Py_ssize_t header_size(uint64_t length, bint masked):
+    """Bytes of the shortest header for ``length`` (section 5.2): 2, 4 or 10, plus the mask key."""
     cdef Py_ssize_t size = 2
     if length > <uint64_t>MAX_CONTROL_PAYLOAD:
         size = 4 if length <= 0xFFFF else 10
