@@ -41,6 +41,8 @@ KIND_DATA = b"W4RB"
 KIND_WARMUP = b"W4RW"
 TAG_SIZE = 20  # kind, run and source
 RUN_PREFIX_SIZE = 12  # kind and run
+SEQ_FIELD = slice(20, 28)
+SENT_FIELD = slice(28, 44)
 HEADER_SIZE = 44
 MAX_RESPONSE_HEAD = 16384
 PUBLISHER_SOURCE = 0
@@ -159,7 +161,12 @@ class BenchClient(asyncio.Protocol):
                     else:
                         stats.foreign += 1
                     continue
-                seq = int(payload[20:28], 16)
+                try:
+                    seq = int(payload[SEQ_FIELD], 16)
+                    sent = int(payload[SENT_FIELD], 16)
+                except ValueError:  # our tag, then garbage: a mangled message
+                    stats.foreign += 1
+                    continue
                 seen = self.seen
                 if seq >= len(seen):
                     stats.foreign += 1
@@ -168,7 +175,7 @@ class BenchClient(asyncio.Protocol):
                     stats.duplicates += 1
                     continue
                 seen[seq] = 1
-                stats.latencies.append(now - int(payload[28:44], 16))
+                stats.latencies.append(now - sent)
                 delivered += 1
                 if seq == self.waiting_seq:
                     self.waiting_seq = -1
@@ -178,7 +185,7 @@ class BenchClient(asyncio.Protocol):
                 self._send(constants.OP_PONG, frame.payload)
             elif opcode == constants.OP_CLOSE:
                 self._closed_by_server(frame.payload)
-                return
+                break  # nothing counts after a close, but what came before it does
         if delivered:
             stats.delivered += delivered
             stats.last_delivery_ns = now
@@ -190,7 +197,9 @@ class BenchClient(asyncio.Protocol):
             self.handshake.set_exception(HandshakeFailed(f"connection closed during the handshake ({exc})"))
         elif self.open and not self.closing:
             self.stats.error("connection lost")
-        self.open = False
+        if self.open:
+            self.open = False
+            self.stats.open_clients -= 1
         if self.waiting is not None and not self.waiting.done():
             self.waiting.set_exception(ConnectionError("connection lost"))
         if not self.finished.done():
@@ -255,6 +264,7 @@ class BenchClient(asyncio.Protocol):
             self._refuse("wrong or missing Sec-WebSocket-Accept")
             return b""
         self.open = True
+        self.stats.open_clients += 1
         self.handshake.set_result(None)
         return rest
 

@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass
 from time import monotonic, monotonic_ns, process_time
 
+import redis.asyncio as aioredis
+
 from ws4redis.bench.client import (
     HEADER_SIZE,
     KIND_DATA,
@@ -91,6 +93,8 @@ class Progress:
 
 
 class Run:
+    """One benchmark run; :meth:`execute` goes through every phase and returns the report."""
+
     def __init__(self, options: Options, progress: Progress | None = None) -> None:
         self.options = options
         self.stats = Stats()
@@ -100,6 +104,7 @@ class Run:
         self.server = ProcessTree(options.server_pid) if options.server_pid else None
         self.envelope = split_envelope(options.envelope)
         self.run_id = random.getrandbits(32)
+        self.connect_seconds = 0.0
 
     async def execute(self) -> dict:
         opts = self.options
@@ -111,8 +116,6 @@ class Run:
         redis = None
         try:
             if opts.mode == "publish":
-                import redis.asyncio as aioredis
-
                 redis = aioredis.from_url(opts.redis_url)
                 await self._warm_up(redis)
             rss_after = self.server.rss_bytes() if self.server else 0
@@ -253,7 +256,7 @@ class Run:
                     continue
                 count = due - published
             if window:
-                alive = sum(1 for client in self.clients if client.open) or 1
+                alive = stats.open_clients or 1
                 room = window - (published - stats.delivered // alive)
                 if room <= 0:
                     stats.wake_at = (published - window + 1) * alive
@@ -313,6 +316,11 @@ class Run:
         return sent
 
     def _expected(self, published: int) -> int:
+        """Deliveries due: every client gets every published message; every sent echo comes back.
+
+        An echo client that gave up (timeout, closed connection) sends no more,
+        and its error is reported instead.
+        """
         if self.options.mode == "publish":
             return published * len(self.clients)
         return published
@@ -322,7 +330,7 @@ class Run:
         stats = self.stats
         self.progress.phase, self.progress.total = "drain", expected
         last, idle_since = stats.delivered, monotonic()
-        while stats.delivered < expected and any(client.open for client in self.clients):
+        while stats.delivered < expected and stats.open_clients:
             stats.wake_at = expected
             stats.wake.clear()
             try:
@@ -353,7 +361,7 @@ class Run:
         stats = self.stats
         connected = len(self.clients)
         expected = self._expected(published) if connected else 0
-        connect_seconds = getattr(self, "connect_seconds", 0.0)
+        connect_seconds = self.connect_seconds
         return {
             "mode": opts.mode,
             "url": opts.url,

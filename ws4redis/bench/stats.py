@@ -22,6 +22,7 @@ class Stats:
         self.delivered = 0
         self.duplicates = 0
         self.foreign = 0  # messages that were not sent by this benchmark
+        self.open_clients = 0  # websockets open right now
         self.last_delivery_ns = 0
         self.errors: Counter[str] = Counter()
         # The publisher sleeps until `delivered` reaches `wake_at`.
