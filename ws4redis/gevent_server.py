@@ -393,7 +393,6 @@ class WebSocketConnection:
             logger.info("ws4redis: websocket of %s did not answer a ping within %.0f s; closing with 1011",
                         self.peer, config.ping_timeout)
             self.close(constants.CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
-            self._wait_drained(1.0)
             return False
         if config.heartbeat is not None:
             self.protocol.send_message(config.heartbeat)
@@ -404,17 +403,19 @@ class WebSocketConnection:
         self._send_frames(self.protocol.data_to_send())
         return True
 
-    def finish(self, hub: Hub | None) -> None:
-        """Release everything: hub routes, the subscriber, the write watcher, the socket."""
+    def drain(self) -> None:
+        """After the last read: give the peer WS4REDIS_PING_TIMEOUT to take the frames still queued."""
         if self._state < CLOSING:
             self._state = CLOSING
         if self._state != CLOSED:
             self.flush()
-            self._wait_drained(min(self.config.ping_timeout, constants.HUB_SUBSCRIBE_TIMEOUT))
+            self._wait_drained(self.config.ping_timeout)
+
+    def finish(self, hub: Hub) -> None:
+        """Release everything at once (also when killed): hub routes, subscriber, write watcher, socket."""
         self._state = CLOSED
         self._queue = []
-        if hub is not None:
-            hub.unsubscribe(self, self.channels, self.patterns)
+        hub.unsubscribe(self, self.channels, self.patterns)
         try:
             self.subscriber.release()
         finally:
@@ -605,6 +606,7 @@ class WebSocketHandler(WSGIHandler):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection.open()
                 connection.run(pending)
+                connection.drain()
         finally:
             server.connections.discard(connection)
             connection.finish(server.hub)
