@@ -115,12 +115,12 @@ class WebSocketConnection:
 
     __slots__ = (
         "sock", "_fd", "protocol", "subscriber", "channels", "patterns", "echo", "suppress", "config",
-        "server", "peer", "_state", "_queue", "_queued_bytes", "_offset", "_watcher", "_blocked", "_drained",
-        "_persisted", "_last_recv", "_ping_sent", "_closing_since", "refused", "__weakref__",
+        "peer", "_state", "_queue", "_queued_bytes", "_offset", "_watcher", "_blocked", "_drained",
+        "_persisted", "_last_recv", "_ping_sent", "_closing_since", "refused",
     )
 
-    def __init__(self, sock: socket.socket, subscriber: Any, config: ServerConfig, server: WebSocketServer,
-                 peer: str, echo: bool) -> None:
+    def __init__(self, sock: socket.socket, subscriber: Any, config: ServerConfig, peer: str, echo: bool,
+                 ) -> None:
         self.sock = sock
         self._fd = sock.fileno()
         self.protocol = WebSocketProtocol(max_message_size=config.max_message_size,
@@ -133,7 +133,6 @@ class WebSocketConnection:
         self.echo = echo
         self.suppress = b""
         self.config = config
-        self.server = server
         self.peer = peer
         self._state = SETUP
         self._queue: list[bytes] = []
@@ -477,7 +476,7 @@ class WebSocketHandler(WSGIHandler):
 
     def handle_one_request(self) -> Any:
         if self._first_request_done:
-            return self._keep_alive_request()
+            return super().handle_one_request()  # later requests on a kept-alive connection
         self._first_request_done = True
         config = self.server.config
         try:
@@ -542,14 +541,12 @@ class WebSocketHandler(WSGIHandler):
             self.rfile = rfile
         self.environ = self.get_environ()
         self.application = self.server.application
+        # An idle kept-alive connection is closed after the same delay as a slow handshake.
+        self.socket.settimeout(self.server.config.handshake_timeout)
         self.handle_one_response()
         if self.close_connection or self.rfile.closed:
             return None
         return True
-
-    def _keep_alive_request(self) -> Any:
-        """Later requests on a kept-alive connection are parsed by pywsgi."""
-        return super().handle_one_request()
 
     def handle_one_response(self) -> None:
         environ = self.environ
@@ -562,14 +559,22 @@ class WebSocketHandler(WSGIHandler):
 
     def _serve_websocket(self, environ: dict[str, Any]) -> None:
         """Handshake, negotiate, then run the websocket until it closes. Never raises."""
-        server = self.server
         sock = self.socket
-        peer = environ.get("REMOTE_ADDR", "?")
+        peer = str(environ.get("REMOTE_ADDR", "?"))
         # Bytes a client pipelined after its handshake sit in pywsgi's read buffer.
         sock.settimeout(0.0)
         pending = self.rfile.peek() if self.rfile is not None else b""
         self.rfile = None  # frees the 8 KB read buffer for the life of the websocket
-        sock.settimeout(server.config.handshake_timeout)
+        sock.settimeout(self.server.config.handshake_timeout)
+        accepted = self._accept(environ, peer)
+        # The request, its session and user stay behind: a websocket lives for hours.
+        self.environ = environ = None
+        if accepted is not None:
+            self._run_websocket(peer, pending, *accepted)
+
+    def _accept(self, environ: dict[str, Any], peer: str) -> tuple[Any, bool, bytes] | None:
+        """(subscriber, echo, 101 response) for an acceptable upgrade; None once the refusal is sent."""
+        server = self.server
         try:
             handshake = check_handshake(environ)
             negotiation = negotiate(environ, handshake, server.config.subscriber_class)
@@ -578,35 +583,45 @@ class WebSocketHandler(WSGIHandler):
         except HandshakeError as exc:
             logger.info("ws4redis: refused websocket of %s: %s", peer, exc)
             self._send_raw(error_response(exc))
-            return
+            return None
         except PermissionDenied as exc:
             logger.info("ws4redis: websocket of %s denied: %s", peer, exc)
             message = f"Forbidden: {exc}" if str(exc) else "Forbidden: channels not allowed"
             self._send_raw(error_response(HandshakeError(message, 403)))
-            return
+            return None
         except Exception as exc:
             logger.exception("ws4redis: websocket setup for %s failed", peer)
             error = HandshakeError(f"Internal Server Error: {type(exc).__name__}", 500)
             self._send_raw(error_response(error))
-            return
+            return None
         finally:
             release_database_connections()
         if server.shutting_down:
             self._send_raw(error_response(HandshakeError("Service Unavailable: the server is stopping", 503)))
             subscriber.release()
-            return
-        connection = WebSocketConnection(sock, subscriber, server.config, server, peer, negotiation.echo)
+            return None
+        return subscriber, negotiation.echo, upgrade_response(handshake, negotiation.subprotocol)
+
+    def _run_websocket(self, peer: str, pending: bytes, subscriber: Any, echo: bool, upgrade: bytes) -> None:
+        server = self.server
+        sock = self.socket
+        connection = WebSocketConnection(sock, subscriber, server.config, peer, echo)
         server.connections.add(connection)
         try:
             connection.prepare(server.hub)
             if connection.refused is not None:
                 refusal = HandshakeError(f"Service Unavailable: {connection.refused}", 503)
                 self._send_raw(error_response(refusal))
-            elif self._send_raw(upgrade_response(handshake, negotiation.subprotocol)):
+            elif self._send_raw(upgrade):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection.open()
                 connection.run(pending)
                 connection.drain()
+        except Exception:
+            # A bug (in a custom subscriber, say) ends this websocket with 1011, never the server.
+            logger.exception("ws4redis: websocket of %s failed; closing it with 1011", peer)
+            connection.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
+            connection.drain()
         finally:
             server.connections.discard(connection)
             connection.finish(server.hub)
