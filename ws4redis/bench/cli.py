@@ -11,7 +11,7 @@ import sys
 
 from ws4redis.bench.client import HEADER_SIZE
 from ws4redis.bench.procstat import ProcessGone
-from ws4redis.bench.runner import Options, Progress, Run
+from ws4redis.bench.runner import Options, Progress, Run, check_options
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress bar redraws
 BAR_WIDTH = 30
@@ -139,7 +139,7 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         envelope=args.envelope,
     )
     try:
-        Run(options)  # validates the URL and the server pid before anything starts
+        check_options(options)
     except (ValueError, ProcessGone) as exc:
         parser.error(str(exc))
     return options, args
@@ -149,7 +149,7 @@ def raise_fd_limit(needed: int) -> None:
     """Lift the soft open-files limit to the hard one when the clients need more."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else hard, hard))
 
 
 async def draw_progress(progress: Progress) -> None:

@@ -83,6 +83,14 @@ def split_envelope(envelope: str | None) -> tuple[bytes, bytes]:
     return before.encode(), after.encode()
 
 
+def check_options(options: Options) -> None:
+    """Raise ValueError (or ProcessGone) for options that cannot work, before any connection is made."""
+    Target(options.url)
+    split_envelope(options.envelope)
+    if options.server_pid:
+        ProcessTree(options.server_pid)
+
+
 class Progress:
     """What the progress bar shows; the runner updates it, ``cli`` draws it."""
 
