@@ -153,8 +153,11 @@ class PubSubLink:
         while not self._closed:
             try:
                 connection = self._connect()
-            except LINK_ERRORS as exc:
+            except Exception as exc:
+                self._drop_connection()
                 self.failing = True
+                if not isinstance(exc, LINK_ERRORS):
+                    logger.exception("ws4redis hub: unexpected error while connecting")
                 if lost_at is None:
                     lost_at = time.monotonic()
                     logger.error("ws4redis hub: cannot reach Redis for pub/sub (%s); retrying", exc)
@@ -177,11 +180,14 @@ class PubSubLink:
                 lost_at = None
             try:
                 self._read(connection)
-            except LINK_ERRORS as exc:
+            except Exception as exc:
                 if self._closed:
                     return
                 self.failing = True
                 lost_at = time.monotonic()
+                if not isinstance(exc, LINK_ERRORS):
+                    # A bug must not end the delivery for the whole process: start over.
+                    logger.exception("ws4redis hub: unexpected error while routing messages")
                 logger.warning(
                     "ws4redis hub: lost the Redis pub/sub connection (%s); %d channels and their "
                     "websockets wait for it to come back",
@@ -261,6 +267,9 @@ class PubSubLink:
             except LINK_ERRORS as exc:
                 # The reader notices the dead socket and reconnects.
                 logger.info("ws4redis hub: writing to the pub/sub connection failed (%s)", exc)
+                connection.disconnect()
+            except Exception:
+                logger.exception("ws4redis hub: unexpected error while subscribing; reconnecting")
                 connection.disconnect()
 
     def _reconcile(self, connection: redis.Connection) -> None:
