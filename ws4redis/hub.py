@@ -105,7 +105,6 @@ class PubSubLink:
         self._ready = False  # the reader finished the initial subscribe of the connection
         self._wake = Event()
         self._closed = False
-        self.connected_since: float | None = None
         self.failing = False  # Redis is unreachable: nobody should wait for confirmations
         self.reconnects = 0
         self._reader: gevent.Greenlet | None = None
@@ -215,7 +214,6 @@ class PubSubLink:
                 expected -= 1
         self.hub.flush_pending()
         self._ready = True
-        self.connected_since = time.monotonic()
         self._wake.set()
         return connection
 
@@ -300,7 +298,6 @@ class PubSubLink:
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None
         self._ready = False
-        self.connected_since = None
         self._on_server = set()
         self._patterns_on_server = set()
         if connection is not None:
@@ -372,7 +369,6 @@ class Hub:
         self._pattern_fanout: dict[bytes, tuple[Listener, ...]] = {}
         self._pending: list[Listener] = []
         self.closed = False
-        self.messages_received = 0
 
     def start(self) -> None:
         """Connect every link now instead of at the first subscription (a server does it at start-up)."""
@@ -440,19 +436,10 @@ class Hub:
                     del table[key]
                     self.router.link_for(key).unwant(key, pattern)
 
-    def listener_count(self, channel: str | bytes) -> int:
-        return len(self._listeners.get(_as_bytes(channel), ()))
-
-    @property
-    def channels(self) -> frozenset[bytes]:
-        """Channels (not patterns) that have local listeners."""
-        return frozenset(self._listeners)
-
     # --- fan-out (runs in a link's reader greenlet) -----------------------
 
     def dispatch(self, channel: bytes, payload: bytes, pattern: bool = False) -> None:
         """Frame ``payload`` once and queue it for every listener of ``channel`` (or of the pattern)."""
-        self.messages_received += 1
         fanout = self._pattern_fanout if pattern else self._fanout
         listeners = fanout.get(channel)
         if listeners is None:
