@@ -63,12 +63,14 @@ class Collector:
     def __init__(self):
         self.frames = []
         self.payloads = []
+        self.channels = []
         self.flushes = 0
         self.pending = False
 
-    def deliver(self, frame, payload):
+    def deliver(self, frame, payload, channel):
         self.frames.append(frame)
         self.payloads.append(payload)
+        self.channels.append(channel)
         first, self.pending = not self.pending, True
         return first
 
@@ -176,7 +178,7 @@ def scenario_patterns():
 
     wait_for(released)
     hub.close()
-    return {"payloads": [p.decode() for p in a.payloads], "psub": psubscribed}
+    return {"payloads": [p.decode() for p in a.payloads], "psub": psubscribed, "channels": a.channels}
 
 
 def scenario_reconnect():
@@ -270,6 +272,7 @@ def test_each_message_is_framed_once_and_shared_in_order(site, redis_client):
 def test_pattern_subscriptions_of_custom_subscribers_are_carried(site, redis_client):
     result = run_scenario(site, "patterns")
     assert result["payloads"] == ["one", "two"]
+    assert result["channels"] == ["room:1", "room:2"]  # the channel published on, not the pattern
     assert result["psub"] == ["1"]
 
 

@@ -20,6 +20,7 @@ from tests.servers import (
     Site,
     client_frame,
     gevent_server,
+    http_request,
     raw_upgrade,
     read_frames,
     read_until_closed,
@@ -51,6 +52,27 @@ def wait_until(predicate, limit: float = 20.0, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not reached within {limit} s", pytrace=False)
         time.sleep(0.05)
+
+
+UPGRADE_HEADERS = {
+    "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def refused_upgrade(server: ServerProcess) -> int:
+    """The status of a fresh upgrade request (101 when it is accepted); only the status line is read."""
+    lines = [f"{name}: {value}" for name, value in UPGRADE_HEADERS.items()]
+    request = "\r\n".join(["GET /ws/outage?subscribe-broadcast HTTP/1.1", "Host: 127.0.0.1", *lines, "", ""])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split()[1])
 
 
 def close_events(events: list) -> list[CloseReceived]:
@@ -234,6 +256,10 @@ def test_redis_restarting_mid_stream_keeps_clients_and_resumes_delivery(clean_se
             with pytest.raises(ConnectionClosed) as closed:
                 talker.recv(timeout=10)
             assert closed.value.rcvd.code == constants.CLOSE_TRY_AGAIN_LATER
+            # Open websockets wait; new ones are told to come back later.
+            wait_until(lambda: refused_upgrade(clean_server) == 503, what="503 for new websockets")
+            assert b"message broker is unreachable" in http_request(
+                clean_server.port, "GET", "/ws/outage?subscribe-broadcast", UPGRADE_HEADERS)[2]
         finally:
             redis_server.start()
         wait_until(lambda: redis_client.pubsub_numsub("broadcast:outage") == [(b"broadcast:outage", 1)],

@@ -49,6 +49,7 @@ from ws4redis.hub import Hub, SubscriptionRecorder, frame_once, get_hub
 from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol
 from ws4redis.redis_store import RedisMessage
 from ws4redis.session import check_handshake, negotiate, release_database_connections
+from ws4redis.wsgi_server import EchoFilter
 
 __all__ = ["ServerConfig", "WebSocketConnection", "WebSocketHandler", "WebSocketServer", "run_worker"]
 
@@ -84,13 +85,14 @@ class ServerConfig:
         self.max_fragments: int = private_settings.max_fragments()
         self.handshake_timeout: float = private_settings.WS4REDIS_HANDSHAKE_TIMEOUT
         self.shutdown_timeout: float = private_settings.WS4REDIS_SHUTDOWN_TIMEOUT
-        # How long a websocket may stay silent before the server acts (ping, heartbeat, timeout).
+        # How often a silent websocket is looked at (heartbeat, ping, ping timeout): each of
+        # them is at most half a tick late.
         ticks = [self.ping_timeout]
         if self.ping_interval is not None:
             ticks.append(self.ping_interval)
         if self.heartbeat is not None:
             ticks.append(constants.LEGACY_HEARTBEAT_INTERVAL)
-        self.tick: float = min(ticks)
+        self.tick: float = min(ticks) / 2
         self.subscriber_class: type = hub_subscriber_class(private_settings.subscriber_class())
 
 
@@ -114,9 +116,10 @@ class WebSocketConnection:
     """
 
     __slots__ = (
-        "sock", "_fd", "protocol", "subscriber", "channels", "patterns", "echo", "suppress", "config",
+        "sock", "_fd", "protocol", "subscriber", "channels", "patterns", "echo_filter", "config",
         "peer", "_state", "_queue", "_queued_bytes", "_offset", "_watcher", "_blocked", "_drained",
-        "_persisted", "_last_recv", "_ping_sent", "_closing_since", "refused",
+        "_persisted", "_last_recv", "_last_heartbeat", "_last_ping", "_unanswered_since", "_closing_since",
+        "refused",
     )
 
     def __init__(self, sock: socket.socket, subscriber: Any, config: ServerConfig, peer: str, echo: bool,
@@ -129,9 +132,9 @@ class WebSocketConnection:
         recorder = getattr(subscriber, "_subscription", None)
         self.channels: tuple[bytes, ...] = tuple(getattr(recorder, "channels", ()))
         self.patterns: tuple[bytes, ...] = tuple(getattr(recorder, "patterns", ()))
-        # 0.6.0: without ?echo a client does not get back the last message it sent.
-        self.echo = echo
-        self.suppress = b""
+        # Without ?echo the copies of its own messages coming back are dropped (the rule of wsgi_server).
+        echo_filter = None if echo else EchoFilter(subscriber.publishers, subscriber.subscribed_channels)
+        self.echo_filter = echo_filter if echo_filter is not None and echo_filter.channels else None
         self.config = config
         self.peer = peer
         self._state = SETUP
@@ -142,19 +145,19 @@ class WebSocketConnection:
         self._blocked = False  # waiting for the socket to become writable
         self._drained: Event | None = None
         self._persisted: list[bytes] | None = None
-        self._last_recv = time.monotonic()
-        self._ping_sent = 0.0
+        self._last_recv = self._last_heartbeat = self._last_ping = time.monotonic()
+        self._unanswered_since = 0.0  # when the oldest ping still without an answer went out
         self._closing_since = 0.0
         self.refused: str | None = None  # why it was closed before the 101 went out (see close())
 
     # --- the hub's side ---------------------------------------------------
 
-    def deliver(self, frame: bytes, payload: bytes) -> bool:
+    def deliver(self, frame: bytes, payload: bytes, channel: str) -> bool:
         """Queue a frame framed by the hub; True when this connection needs a flush."""
         if self._state > OPEN:
             return False
-        suppress = self.suppress
-        if suppress and payload == suppress:
+        echo_filter = self.echo_filter
+        if echo_filter is not None and echo_filter.is_echo(channel, payload):
             return False
         queue = self._queue
         queue.append(frame)
@@ -346,7 +349,7 @@ class WebSocketConnection:
                     protocol.receive_eof()
                     break
             self._last_recv = time.monotonic()
-            self._ping_sent = 0.0
+            self._unanswered_since = 0.0  # any data proves the peer alive, not only a pong
             events = protocol.receive_data(data)
             data = b""
             for event in events:
@@ -369,10 +372,10 @@ class WebSocketConnection:
         if message is None and heartbeat is not None:
             # The client's heartbeat: answer it (0.6.0 sent one after every loop turn).
             self.protocol.send_message(heartbeat)
-        if not self.echo:
-            self.suppress = message or b""
         if not message:
             return
+        if self.echo_filter is not None:
+            self.echo_filter.published(message)
         try:
             self.subscriber.publish_message(message)
         except REDIS_ERRORS as exc:
@@ -388,17 +391,21 @@ class WebSocketConnection:
             return now - self._closing_since < config.ping_timeout
         if self._state != OPEN:
             return True
-        if self._ping_sent and now - self._ping_sent >= config.ping_timeout:
-            logger.info("ws4redis: websocket of %s did not answer a ping within %.0f s; closing with 1011",
+        if self._unanswered_since and now - self._unanswered_since >= config.ping_timeout:
+            logger.info("ws4redis: websocket of %s did not answer a ping within %g s; closing with 1011",
                         self.peer, config.ping_timeout)
             self.close(constants.CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
             return False
-        if config.heartbeat is not None:
-            self.protocol.send_message(config.heartbeat)
+        heartbeat = config.heartbeat
+        if heartbeat is not None and now - max(self._last_recv, self._last_heartbeat) >= \
+                constants.LEGACY_HEARTBEAT_INTERVAL:
+            self.protocol.send_message(heartbeat)
+            self._last_heartbeat = now
         interval = config.ping_interval
-        if interval is not None and not self._ping_sent and now - self._last_recv >= interval:
+        if interval is not None and now - max(self._last_recv, self._last_ping) >= interval:
             self.protocol.send_ping()
-            self._ping_sent = now
+            self._last_ping = now
+            self._unanswered_since = self._unanswered_since or now
         self._send_frames(self.protocol.data_to_send())
         return True
 
@@ -575,6 +582,11 @@ class WebSocketHandler(WSGIHandler):
     def _accept(self, environ: dict[str, Any], peer: str) -> tuple[Any, bool, bytes] | None:
         """(subscriber, echo, 101 response) for an acceptable upgrade; None once the refusal is sent."""
         server = self.server
+        if server.hub.unreachable:
+            # Open websockets wait for Redis to come back; new ones are told to retry later.
+            self._send_raw(error_response(HandshakeError(
+                "Service Unavailable: the message broker is unreachable", 503)))
+            return None
         try:
             handshake = check_handshake(environ)
             negotiation = negotiate(environ, handshake, server.config.subscriber_class)
@@ -591,7 +603,8 @@ class WebSocketHandler(WSGIHandler):
             return None
         except Exception as exc:
             logger.exception("ws4redis: websocket setup for %s failed", peer)
-            error = HandshakeError(f"Internal Server Error: {type(exc).__name__}", 500)
+            error = HandshakeError(
+                f"Internal Server Error: could not set up the websocket ({type(exc).__name__})", 500)
             self._send_raw(error_response(error))
             return None
         finally:

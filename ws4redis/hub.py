@@ -62,8 +62,8 @@ LINK_ERRORS = (redis.RedisError, OSError)
 class Listener(Protocol):
     """What the hub needs from a websocket: a non-blocking queue for frames."""
 
-    def deliver(self, frame: bytes, payload: bytes) -> bool:
-        """Queue ``frame`` (``payload`` framed); True when the listener needs a :meth:`flush`."""
+    def deliver(self, frame: bytes, payload: bytes, channel: str) -> bool:
+        """Queue ``frame`` (``payload`` framed, from ``channel``); True when a :meth:`flush` is needed."""
 
     def flush(self) -> None:
         """Write what was queued, without blocking."""
@@ -238,9 +238,9 @@ class PubSubLink:
             return None  # PONG outside of subscribed mode
         kind = reply[0]
         if kind == b"message":
-            self.hub.dispatch(reply[1], reply[2], pattern=False)
+            self.hub.dispatch(reply[1], reply[2])
         elif kind == b"pmessage":
-            self.hub.dispatch(reply[1], reply[3], pattern=True)
+            self.hub.dispatch(reply[1], reply[3], channel=reply[2])
         elif kind in (b"subscribe", b"psubscribe"):
             waiter = self._waiters.pop(reply[1], None)
             if waiter is not None:
@@ -370,6 +370,11 @@ class Hub:
         self._pending: list[Listener] = []
         self.closed = False
 
+    @property
+    def unreachable(self) -> bool:
+        """Whether Redis cannot be reached at the moment (the links are retrying)."""
+        return any(link.failing for link in self.router.links)
+
     def start(self) -> None:
         """Connect every link now instead of at the first subscription (a server does it at start-up)."""
         for link in self.router.links:
@@ -410,7 +415,7 @@ class Hub:
                 if waiter is not None and not link.failing:
                     waiters.append(waiter)
         if not waiters:
-            return all(not link.failing for link in self.router.links)
+            return not self.unreachable
         deadline = None if timeout is None else time.monotonic() + timeout
         for waiter in waiters:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -438,21 +443,27 @@ class Hub:
 
     # --- fan-out (runs in a link's reader greenlet) -----------------------
 
-    def dispatch(self, channel: bytes, payload: bytes, pattern: bool = False) -> None:
-        """Frame ``payload`` once and queue it for every listener of ``channel`` (or of the pattern)."""
+    def dispatch(self, key: bytes, payload: bytes, channel: bytes | None = None) -> None:
+        """Frame ``payload`` once and queue it for every listener of ``key``.
+
+        ``key`` is the channel, or for a pattern subscription the pattern,
+        in which case ``channel`` names the channel it was published on.
+        """
+        pattern = channel is not None
         fanout = self._pattern_fanout if pattern else self._fanout
-        listeners = fanout.get(channel)
+        listeners = fanout.get(key)
         if listeners is None:
-            members = (self._pattern_listeners if pattern else self._listeners).get(channel)
+            members = (self._pattern_listeners if pattern else self._listeners).get(key)
             if not members:
                 return  # unsubscribed meanwhile
-            listeners = fanout[channel] = tuple(members)
+            listeners = fanout[key] = tuple(members)
         if not RedisMessage(payload):
             return  # the heartbeat string or an empty message: 0.6.0 never forwarded those
         frame = frame_once(payload)
+        name = (channel if pattern else key).decode("utf-8", "replace")
         pending = self._pending
         for listener in listeners:
-            if listener.deliver(frame, payload):
+            if listener.deliver(frame, payload, name):
                 pending.append(listener)
 
     def flush_pending(self) -> None:
