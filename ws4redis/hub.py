@@ -18,12 +18,17 @@ websocket. The gevent server instead routes every live message through one
   re-sends the persisted message of each channel (the last one, kept with
   SET EX by ``RedisStore.publish_message``) and logs how long the gap was.
 
-What stays per websocket is everything a custom WS4REDIS_SUBSCRIBER decides:
-``set_pubsub_channels`` (which channels, from the request and the query
-string), ``publish_message`` (through the shared, bounded connection pool)
-and ``get_persisted_messages``/``send_persisted_messages``. The server hands
-each subscriber a :class:`SubscriptionRecorder` instead of a redis-py PubSub:
-it records what the subscriber subscribes to and the hub carries it.
+Shared per process: the pub/sub connection (the hub) and the bounded pool
+for short commands (PUBLISH, SET, GET). Per websocket: everything a custom
+WS4REDIS_SUBSCRIBER decides: ``set_pubsub_channels`` (which channels, from
+the request and the query string), ``publish_message`` and
+``get_persisted_messages``/``send_persisted_messages``. Where a subscriber
+would open its PubSub (``create_subscription()``, or
+``self._connection.pubsub()`` in subscribers written for 0.6.0, whose
+connection is a :class:`HubRedis`) it gets a :class:`SubscriptionRecorder`:
+it records the channels and patterns subscribed to, and the hub carries
+them. Reading replies from the subscriber (``parse_response``) is not
+possible under the hub: live messages go straight to the websocket.
 
 The mapping from a channel to the Redis connection carrying it lives in
 :class:`ChannelRouter` and nowhere else, so Redis Cluster sharded pub/sub
