@@ -8,17 +8,22 @@ with small sizes so the file runs in seconds.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.servers import ServerProcess, Site, serving
+from ws4redis import constants
 from ws4redis.bench.procstat import ProcessGone, ProcessTree
 from ws4redis.bench.stats import Stats
 from ws4redis.embedded_redis import free_port
+from ws4redis.handshake import parse_request_head, request_head_length, upgrade_response, validate_upgrade
+from ws4redis.speedups import FrameParser, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_TIMEOUT = 60
@@ -255,3 +260,44 @@ def test_undelivered_messages_are_counted_as_lost(gevent_server, redis_server):
     assert report["delivered"] == 0 and report["lost"] == report["expected"] == 30
     assert any(kind.startswith("warm-up:") for kind in report["error_kinds"])
     assert any("no subscriber" in kind for kind in report["error_kinds"])
+
+
+GARBAGE = b"filedescriptor out of range"
+
+
+@pytest.fixture
+def garbling_server():
+    """A real TCP server that upgrades, echoes the first message, then writes garbage after it.
+
+    This is what django-websocket-redis 0.6.0 does when its loop fails after
+    the upgrade: the HTTP error body lands in the websocket stream.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+
+    def serve() -> None:
+        with listener, listener.accept()[0] as conn:
+            head = b""
+            while not request_head_length(head):
+                head += conn.recv(4096)
+            method, _path, headers = parse_request_head(head)
+            conn.sendall(upgrade_response(validate_upgrade(method, headers)))
+            parser = FrameParser()
+            while data := conn.recv(65536):  # until the client hangs up
+                for frame in parser.feed(data):
+                    if frame.opcode == constants.OP_TEXT:
+                        conn.sendall(encode_frame(constants.OP_TEXT, frame.payload) + GARBAGE)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    thread.join(10)
+
+
+def test_garbage_after_a_message_is_a_protocol_error_and_the_message_still_counts(garbling_server):
+    url = f"ws://127.0.0.1:{garbling_server}/"
+    report, _ = bench(url, "--mode", "echo", "-n", "1", "-m", "3", expect_status=1)
+    assert report["delivered"] == report["expected"] == 1 and report["lost"] == 0
+    [kind] = report["error_kinds"]
+    assert kind.startswith("protocol error from server (close 1002)")
+    assert "filedescriptor" in kind

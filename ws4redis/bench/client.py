@@ -135,13 +135,13 @@ class BenchClient(asyncio.Protocol):
             data = self._read_head(data)
             if not data:
                 return
+        error = None
+        held = self._parser.buffered
         try:
             frames = self._parser.feed(data)
         except ProtocolError as exc:
-            # The bytes say more than the rule they broke: a server that writes
-            # an HTTP error body into an upgraded stream shows up here.
-            self._fail(f"protocol error from server (close {exc.close_code}): {exc}; data: {data[:24]!r}")
-            return
+            error = exc
+            frames = exc.frames  # the frames completed before the faulty one still count
         now = monotonic_ns()
         stats = self.stats
         delivered = 0
@@ -191,6 +191,8 @@ class BenchClient(asyncio.Protocol):
             stats.last_delivery_ns = now
             if stats.delivered >= stats.wake_at:
                 stats.wake.set()
+        if error is not None:
+            self._protocol_error(error, data, frames, held)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.handshake.done():
@@ -273,10 +275,25 @@ class BenchClient(asyncio.Protocol):
             self.handshake.set_exception(HandshakeFailed(reason))
         self.abort()
 
+    def _protocol_error(self, error: ProtocolError, data: bytes, frames: list, held: int) -> None:
+        """Record the error with the bytes where it happened, and fail the connection.
+
+        The bytes say more than the rule they broke: a server writing an HTTP
+        error body into the upgraded stream shows up here. They start after
+        the frames completed by this chunk (re-encoded to learn their size)
+        minus what the parser held from earlier chunks.
+        """
+        offset = max(0, sum(len(encode_frame(f.opcode, f.payload, fin=f.fin)) for f in frames) - held)
+        self._fail(
+            f"protocol error from server (close {error.close_code}): {error}; "
+            f"bytes: {data[offset : offset + 24]!r}"
+        )
+
     def _fail(self, reason: str) -> None:
         self.stats.error(reason)
-        self.closing = True
-        self._send(constants.OP_CLOSE, constants.CLOSE_PROTOCOL_ERROR.to_bytes(2, "big"))
+        if not self.closing:
+            self.closing = True
+            self._send(constants.OP_CLOSE, constants.CLOSE_PROTOCOL_ERROR.to_bytes(2, "big"))
         self.transport.close()
 
     def _closed_by_server(self, payload: bytes) -> None:

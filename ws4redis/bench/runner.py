@@ -305,7 +305,7 @@ class Run:
                     delay = started + seq * interval - monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                if monotonic() >= deadline or not client.open:
+                if monotonic() >= deadline or not client.open or client.closing:
                     return
                 reply = client.expect(seq)
                 client.send_message(message(client.sender, seq, padding))
