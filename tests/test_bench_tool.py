@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -187,17 +189,24 @@ def test_echo_mode_counts_every_round_trip(echo_server):
 
 
 
-@pytest.fixture(scope="module")
-def gevent_server(redis_server):
-    """ws4redis's gevent server (websockets only) on the suite's Redis."""
-    site = Site(redis_server.url)
+@contextmanager
+def serving_gevent(redis_url: str, *options: str) -> Iterator[ServerProcess]:
+    """ws4redis's gevent server (websockets only) on ``redis_url``, stopped and cleaned up afterwards."""
+    site = Site(redis_url)
     port = free_port()
     args = [sys.executable, "-m", "ws4redis", "serve", "--bind", f"127.0.0.1:{port}", "--websocket-only"]
+    args += options
     try:
         with serving(ServerProcess("gevent", args, site, port)) as server:
             yield server
     finally:
         site.cleanup()
+
+
+@pytest.fixture(scope="module")
+def gevent_server(redis_server):
+    with serving_gevent(redis_server.url) as server:
+        yield server
 
 
 def test_publish_mode_delivers_every_message_to_every_client(gevent_server, redis_server):
@@ -219,6 +228,16 @@ def test_publish_mode_delivers_every_message_to_every_client(gevent_server, redi
     # the arithmetic is checked here; test_echo_mode_counts_every_round_trip sees CPU time grow.
     assert server["cpu_seconds"] >= 0
     assert server["cpu_per_delivered_message_us"] == pytest.approx(server["cpu_seconds"] / 10_000 * 1e6)
+
+
+def test_server_figures_cover_every_worker_process(redis_server):
+    with serving_gevent(redis_server.url, "--workers", "2") as server:
+        report, _ = bench(
+            server.url("/ws/bench-workers?subscribe-broadcast"), "--redis", redis_server.url,
+            "-n", "20", "-m", "50", "--server-pid", str(server.process.pid),
+        )
+    assert report["delivered"] == report["expected"] == 1000 and report["lost"] == 0
+    assert report["server"]["processes"] == 3, "the supervisor and its two workers"
 
 
 def test_paced_publishing_loses_nothing(gevent_server, redis_server):
