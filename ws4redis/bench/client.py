@@ -44,7 +44,6 @@ RUN_PREFIX_SIZE = 12  # kind and run
 SEQ_FIELD = slice(20, 28)
 SENT_FIELD = slice(28, 44)
 HEADER_SIZE = 44
-MAX_RESPONSE_HEAD = 16384
 PUBLISHER_SOURCE = 0
 
 
@@ -246,8 +245,9 @@ class BenchClient(asyncio.Protocol):
         head += data
         end = head.find(b"\r\n\r\n")
         if end < 0:
-            if len(head) > MAX_RESPONSE_HEAD:
-                self._refuse("response head larger than 16 KiB")
+            # The answer to an upgrade is a few short headers: bound it as servers bound requests.
+            if len(head) > constants.MAX_REQUEST_HEAD_SIZE:
+                self._refuse(f"response head larger than {constants.MAX_REQUEST_HEAD_SIZE} bytes")
             return b""
         lines = bytes(head[:end]).split(b"\r\n")
         rest = bytes(head[end + 4 :])
