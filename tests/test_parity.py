@@ -9,6 +9,7 @@ CPython's codec for UTF-8, and any-split == one-shot for the parser.
 
 from __future__ import annotations
 
+import array
 from codecs import utf_8_decode
 
 import pytest
@@ -428,6 +429,19 @@ def test_encode_frame_is_byte_identical(compiled, opcode, payload, fin, mask_key
     )
     if opcode in constants.DATA_OPCODES - {CONT} and fin and not any(rsv):
         assert parser.feed(encoded) == [pure_frames.Frame(opcode, payload, fin)]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [array.array("H", range(300)), memoryview(bytes(range(200))).cast("I"), array.array("d", [1.5] * 20)],
+    ids=["array-H", "memoryview-I", "array-d"],
+)
+@pytest.mark.parametrize("mask_key", [None, b"abcd"])
+def test_encode_frame_counts_bytes_of_typed_buffers(compiled, payload, mask_key):
+    raw = memoryview(payload).tobytes()
+    expected = pure_frames.encode_frame(BINARY, raw, mask_key=mask_key)
+    assert pure_frames.encode_frame(BINARY, payload, mask_key=mask_key) == expected
+    assert compiled.frames.encode_frame(BINARY, payload, mask_key=mask_key) == expected
 
 
 @pytest.mark.parametrize(

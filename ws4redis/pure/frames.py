@@ -115,7 +115,11 @@ def encode_frame(
         first |= _RSV2
     if rsv3:
         first |= _RSV3
-    length = len(payload)
+    # Bytes, not items: len() of a typed buffer (array('H'), a cast memoryview) counts items.
+    if type(payload) is bytes or type(payload) is bytearray:
+        length = len(payload)
+    else:
+        length = memoryview(payload).nbytes
     mask_bit = 0 if mask_key is None else _MASKED
     # Section 5.2: 7-bit length up to 125, 126 + 16-bit up to 65535, else
     # 127 + 64-bit with the most significant bit clear.
