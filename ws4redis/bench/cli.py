@@ -231,12 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit(options.clients + 64)
     factory, loop_name = event_loop_factory(args.no_uvloop)
     show_progress = not args.quiet and sys.stderr.isatty()
-    with asyncio.Runner(loop_factory=factory) as runner:
-        try:
-            report = runner.run(run(options, show_progress))
-        except ProcessGone as exc:
-            sys.stderr.write(f"ws4redis-bench: {exc}\n")
-            return 1
+    loop = factory()
+    try:
+        report = loop.run_until_complete(run(options, show_progress))
+    except ProcessGone as exc:
+        sys.stderr.write(f"ws4redis-bench: {exc}\n")
+        return 1
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
     report.setdefault("client", {}).update(loop=loop_name, compiled=COMPILED)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0 if report["lost"] == 0 and report["errors"] == 0 and report["connected"] else 1

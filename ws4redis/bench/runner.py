@@ -166,6 +166,10 @@ class Run:
 
     # phases
 
+    async def _open(self, loop: asyncio.AbstractEventLoop, client: BenchClient) -> None:
+        await loop.create_connection(lambda: client, self.target.host, self.target.port)
+        await client.handshake
+
     async def _connect(self) -> None:
         opts = self.options
         loop = asyncio.get_running_loop()
@@ -177,10 +181,8 @@ class Run:
             client = BenchClient(index, self.target, self.stats, opts.messages, sender)
             async with limit:
                 try:
-                    async with asyncio.timeout(opts.timeout):
-                        await loop.create_connection(lambda: client, self.target.host, self.target.port)
-                        await client.handshake
-                except TimeoutError:
+                    await asyncio.wait_for(self._open(loop, client), opts.timeout)
+                except asyncio.TimeoutError:
                     self.stats.error("connect: timed out")
                     client.abort()
                     return
@@ -271,9 +273,8 @@ class Run:
                     stats.wake.clear()
                     if stats.delivered < stats.wake_at:
                         try:
-                            async with asyncio.timeout(opts.timeout):
-                                await stats.wake.wait()
-                        except TimeoutError:
+                            await asyncio.wait_for(stats.wake.wait(), opts.timeout)
+                        except asyncio.TimeoutError:
                             stats.error(f"publish: deliveries stalled for {opts.timeout} s")
                             break
                     continue
@@ -311,9 +312,8 @@ class Run:
                 client.send_message(message(client.sender, seq, padding))
                 sent += 1
                 try:
-                    async with asyncio.timeout(opts.timeout):
-                        await reply
-                except TimeoutError:
+                    await asyncio.wait_for(reply, opts.timeout)
+                except asyncio.TimeoutError:
                     self.stats.error(f"echo: no reply within {opts.timeout} s")
                     return
                 except ConnectionError:
@@ -342,9 +342,8 @@ class Run:
             stats.wake_at = expected
             stats.wake.clear()
             try:
-                async with asyncio.timeout(0.25):
-                    await stats.wake.wait()
-            except TimeoutError:
+                await asyncio.wait_for(stats.wake.wait(), 0.25)
+            except asyncio.TimeoutError:
                 pass  # a periodic check for progress
             self.progress.done = stats.delivered
             if stats.delivered != last:
