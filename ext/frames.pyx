@@ -14,8 +14,8 @@ streams. What changes is where the bytes go:
   modules (mask_core.h, utf8_core.h);
 - frames are created without calling ``__init__`` and from a free list.
 
-Protocol numbers come from ws4redis.constants (and the header bit layout from
-the pure reference) at import time; nothing is restated here.
+Protocol numbers and the header bit layout come from ws4redis.constants at
+import time; nothing is restated here.
 """
 
 cimport cython
@@ -42,24 +42,24 @@ from wscore cimport (
 
 from ws4redis import constants
 from ws4redis.exceptions import InvalidPayloadError, MessageTooBigError, ProtocolError
-from ws4redis.pure import frames as reference
 
 __all__ = ["Frame", "FrameParser", "encode_frame"]
 
 ws_utf8_init()
 
-# Header bit layout (section 5.2), from the reference implementation.
-cdef unsigned char FIN = reference._FIN
-cdef unsigned char RSV1 = reference._RSV1
-cdef unsigned char RSV2 = reference._RSV2
-cdef unsigned char RSV3 = reference._RSV3
-cdef unsigned char RSV_BITS = reference._RSV_BITS
-cdef unsigned char OPCODE_BITS = reference._OPCODE
-cdef unsigned char MASKED = reference._MASKED
-cdef unsigned char LENGTH_BITS = reference._LENGTH
-cdef unsigned char LENGTH_16 = reference._LENGTH_16
-cdef unsigned char LENGTH_64 = reference._LENGTH_64
-cdef uint64_t MAX_LENGTH_64 = reference._MAX_LENGTH_64
+# Header bit layout (section 5.2).
+cdef unsigned char FIN = constants.FRAME_FIN
+cdef unsigned char RSV1 = constants.FRAME_RSV1
+cdef unsigned char RSV2 = constants.FRAME_RSV2
+cdef unsigned char RSV3 = constants.FRAME_RSV3
+cdef unsigned char RSV_BITS = constants.FRAME_RSV_BITS
+cdef unsigned char OPCODE_BITS = constants.FRAME_OPCODE_BITS
+cdef unsigned char MASKED = constants.FRAME_MASKED
+cdef unsigned char LENGTH_BITS = constants.FRAME_LENGTH_BITS
+cdef unsigned char LENGTH_16 = constants.FRAME_LENGTH_16
+cdef unsigned char LENGTH_64 = constants.FRAME_LENGTH_64
+cdef Py_ssize_t MAX_LENGTH_16 = constants.MAX_LENGTH_16
+cdef uint64_t MAX_LENGTH_64 = constants.MAX_LENGTH_64
 
 # Opcodes and limits.
 cdef int OP_CONTINUATION = constants.OP_CONTINUATION
@@ -68,7 +68,7 @@ cdef int OP_CLOSE = constants.OP_CLOSE
 cdef Py_ssize_t MAX_CONTROL_PAYLOAD = constants.MAX_CONTROL_PAYLOAD
 cdef uint64_t UNLIMITED = 0xFFFFFFFFFFFFFFFF
 # Bit n set when opcode n is defined.
-cdef unsigned int KNOWN_OPCODES = sum(1 << opcode for opcode in reference._KNOWN_OPCODES)
+cdef unsigned int KNOWN_OPCODES = sum(1 << opcode for opcode in constants.KNOWN_OPCODES)
 # Python objects handed out in frames, created once.
 cdef tuple OPCODES = tuple(range(OPCODE_BITS + 1))
 is_valid_close_code = constants.is_valid_close_code
@@ -126,7 +126,7 @@ cdef inline Py_ssize_t header_size(uint64_t length, bint masked):
     """Bytes of the shortest header for ``length`` (section 5.2): 2, 4 or 10, plus the mask key."""
     cdef Py_ssize_t size = 2
     if length > <uint64_t>MAX_CONTROL_PAYLOAD:
-        size = 4 if length <= 0xFFFF else 10
+        size = 4 if length <= <uint64_t>MAX_LENGTH_16 else 10
     return size + (WS_MASK_KEY_LENGTH if masked else 0)
 
 
@@ -175,7 +175,7 @@ def encode_frame(opcode, payload, fin=True, mask_key=None, rsv1=False, rsv2=Fals
         out[0] = first
         if length <= MAX_CONTROL_PAYLOAD:
             out[1] = <unsigned char>length
-        elif length <= 0xFFFF:
+        elif length <= MAX_LENGTH_16:
             out[1] = LENGTH_16
             out[2] = <unsigned char>(length >> 8)
             out[3] = <unsigned char>length

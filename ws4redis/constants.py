@@ -49,10 +49,26 @@ def is_valid_close_code(code: int) -> bool:
     return code in SENDABLE_CLOSE_CODES or CLOSE_CODE_PRIVATE_MIN <= code <= CLOSE_CODE_PRIVATE_MAX
 
 
+# Frame header layout (RFC 6455, section 5.2): first byte FIN, RSV1-3 and the
+# opcode; second byte the MASK bit and a 7-bit length, where 126 and 127 announce
+# a 16-bit or a 64-bit extended length in network byte order.
+FRAME_FIN = 0x80
+FRAME_RSV1 = 0x40
+FRAME_RSV2 = 0x20
+FRAME_RSV3 = 0x10
+FRAME_RSV_BITS = FRAME_RSV1 | FRAME_RSV2 | FRAME_RSV3
+FRAME_OPCODE_BITS = 0x0F
+FRAME_MASKED = 0x80
+FRAME_LENGTH_BITS = 0x7F
+FRAME_LENGTH_16 = 126
+FRAME_LENGTH_64 = 127
+MAX_LENGTH_16 = 0xFFFF  # longest payload the 16-bit extended length can announce
+MAX_LENGTH_64 = (1 << 63) - 1  # the 64-bit form's most significant bit must be 0
+KNOWN_OPCODES = DATA_OPCODES | CONTROL_OPCODES  # every other opcode is reserved
+
 # Limits
 MAX_CONTROL_PAYLOAD = 125
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, as websockets, daphne and uWSGI
-MAX_FRAME_HEADER = 14  # 2 + 8 (extended length) + 4 (mask)
 MASK_KEY_LENGTH = 4  # RFC 6455, section 5.3
 
 

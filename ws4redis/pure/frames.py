@@ -15,6 +15,22 @@ from __future__ import annotations
 import struct
 
 from ws4redis import constants
+from ws4redis.constants import (
+    FRAME_FIN,
+    FRAME_LENGTH_16,
+    FRAME_LENGTH_64,
+    FRAME_LENGTH_BITS,
+    FRAME_MASKED,
+    FRAME_OPCODE_BITS,
+    FRAME_RSV1,
+    FRAME_RSV2,
+    FRAME_RSV3,
+    FRAME_RSV_BITS,
+    KNOWN_OPCODES,
+    MASK_KEY_LENGTH,
+    MAX_LENGTH_16,
+    MAX_LENGTH_64,
+)
 from ws4redis.exceptions import InvalidPayloadError, MessageTooBigError, ProtocolError
 from ws4redis.pure.mask import mask, mask_inplace
 from ws4redis.pure.utf8 import Utf8Validator
@@ -28,20 +44,6 @@ _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 _UINT16 = struct.Struct("!H")
 _UINT64 = struct.Struct("!Q")
-
-_FIN = 0x80
-_RSV1 = 0x40
-_RSV2 = 0x20
-_RSV3 = 0x10
-_RSV_BITS = _RSV1 | _RSV2 | _RSV3
-_OPCODE = 0x0F
-_MASKED = 0x80
-_LENGTH = 0x7F
-_LENGTH_16 = 126
-_LENGTH_64 = 127
-_MAX_LENGTH_64 = (1 << 63) - 1
-
-_KNOWN_OPCODES = constants.DATA_OPCODES | constants.CONTROL_OPCODES
 
 
 class Frame:
@@ -104,31 +106,31 @@ def encode_frame(
     4-byte key (section 5.3). No protocol rule is enforced here on purpose:
     tests use this to craft the malformed frames the parser must reject.
     """
-    if not 0 <= opcode <= _OPCODE:
-        raise ValueError(f"opcode must be between 0 and 15, got {opcode}")
+    if not 0 <= opcode <= FRAME_OPCODE_BITS:
+        raise ValueError(f"opcode must be between 0 and {FRAME_OPCODE_BITS}, got {opcode}")
     first = opcode
     if fin:
-        first |= _FIN
+        first |= FRAME_FIN
     if rsv1:
-        first |= _RSV1
+        first |= FRAME_RSV1
     if rsv2:
-        first |= _RSV2
+        first |= FRAME_RSV2
     if rsv3:
-        first |= _RSV3
+        first |= FRAME_RSV3
     # Bytes, not items: len() of a typed buffer (array('H'), a cast memoryview) counts items.
     if type(payload) is bytes or type(payload) is bytearray:
         length = len(payload)
     else:
         length = memoryview(payload).nbytes
-    mask_bit = 0 if mask_key is None else _MASKED
+    mask_bit = 0 if mask_key is None else FRAME_MASKED
     # Section 5.2: 7-bit length up to 125, 126 + 16-bit up to 65535, else
     # 127 + 64-bit with the most significant bit clear.
     if length <= constants.MAX_CONTROL_PAYLOAD:
         header = bytes((first, mask_bit | length))
-    elif length <= 0xFFFF:
-        header = _HEADER_16.pack(first, mask_bit | _LENGTH_16, length)
-    elif length <= _MAX_LENGTH_64:
-        header = _HEADER_64.pack(first, mask_bit | _LENGTH_64, length)
+    elif length <= MAX_LENGTH_16:
+        header = _HEADER_16.pack(first, mask_bit | FRAME_LENGTH_16, length)
+    elif length <= MAX_LENGTH_64:
+        header = _HEADER_64.pack(first, mask_bit | FRAME_LENGTH_64, length)
     else:
         raise ValueError("payload too long for a websocket frame")
     if mask_key is None:
@@ -263,17 +265,17 @@ class FrameParser:
             return 0
         first = buf[pos]
         second = buf[pos + 1]
-        opcode = first & _OPCODE
-        fin = bool(first & _FIN)
-        masked = bool(second & _MASKED)
-        length = second & _LENGTH
+        opcode = first & FRAME_OPCODE_BITS
+        fin = bool(first & FRAME_FIN)
+        masked = bool(second & FRAME_MASKED)
+        length = second & FRAME_LENGTH_BITS
 
         # Section 5.2: RSV1-3 must be 0 unless an extension defining them was
         # negotiated, and ws4redis negotiates none.
-        if first & _RSV_BITS:
+        if first & FRAME_RSV_BITS:
             raise ProtocolError("reserved bits set but no extension was negotiated")
         # Section 5.2: opcodes 0x3-0x7 and 0xB-0xF are reserved.
-        if opcode not in _KNOWN_OPCODES:
+        if opcode not in KNOWN_OPCODES:
             raise ProtocolError(f"reserved opcode {opcode:#x}")
         # Section 5.1: a client masks every frame, a server masks none, and the
         # receiving side fails the connection otherwise.
@@ -298,21 +300,21 @@ class FrameParser:
             raise ProtocolError("new data frame while a fragmented message is in progress")
 
         size = 2
-        if length == _LENGTH_16:
+        if length == FRAME_LENGTH_16:
             size = 4
-        elif length == _LENGTH_64:
+        elif length == FRAME_LENGTH_64:
             size = 10
         if masked:
-            size += 4
+            size += MASK_KEY_LENGTH
         if available < size:
             return 0
         # Section 5.2: the non-minimal length encodings are tolerated (be liberal
         # in what you accept); only the 64-bit form's top bit is forbidden.
-        if length == _LENGTH_16:
+        if length == FRAME_LENGTH_16:
             length = _UINT16.unpack_from(buf, pos + 2)[0]
-        elif length == _LENGTH_64:
+        elif length == FRAME_LENGTH_64:
             length = _UINT64.unpack_from(buf, pos + 2)[0]
-            if length > _MAX_LENGTH_64:
+            if length > MAX_LENGTH_64:
                 raise ProtocolError("64-bit payload length with the most significant bit set")
 
         text = False
@@ -350,7 +352,7 @@ class FrameParser:
         self._opcode = opcode
         self._fin = fin
         self._length = length
-        self._key = bytes(buf[pos + size - 4 : pos + size]) if masked else None
+        self._key = bytes(buf[pos + size - MASK_KEY_LENGTH : pos + size]) if masked else None
         self._done = 0
         self._text = text
         self._in_payload = True
