@@ -9,8 +9,15 @@ import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import BaseError, CCompilerError
 
 EXTENSIONS = ["mask", "utf8", "frames"]
+
+# What a missing or failing C toolchain raises: a compile or link error
+# (CCompilerError); no compiler for the platform, a compiler that exits with an
+# error, or --inplace finding no module to copy after that (setuptools' BaseError,
+# distutils' DistutilsError); a compiler that cannot be run at all (OSError).
+TOOLCHAIN_ERRORS = (CCompilerError, BaseError, OSError)
 
 
 def truthy(value: str | None) -> bool:
@@ -20,27 +27,27 @@ def truthy(value: str | None) -> bool:
 class OptionalBuildExt(build_ext):
     """Compile what can be compiled; warn loudly and carry on without the rest."""
 
-    def run(self):
+    def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any toolchain failure means "no extensions"
+        except TOOLCHAIN_ERRORS as exc:
             self._warn(exc)
 
-    def build_extension(self, ext):
+    def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except TOOLCHAIN_ERRORS as exc:
             self._warn(exc)
 
     @staticmethod
-    def _warn(exc):
+    def _warn(exc: Exception) -> None:
         sys.stderr.write(
             f"\n*** WARNING: could not compile the ws4redis speedups ({exc}).\n"
             "*** ws4redis will use its pure-Python implementation, which is slower.\n\n"
         )
 
 
-def extensions():
+def extensions() -> list[Extension]:
     if truthy(os.environ.get("WS4REDIS_NO_EXTENSIONS")):
         return []
     try:
