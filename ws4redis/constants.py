@@ -70,6 +70,7 @@ KNOWN_OPCODES = DATA_OPCODES | CONTROL_OPCODES  # every other opcode is reserved
 MAX_CONTROL_PAYLOAD = 125
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, as websockets, daphne and uWSGI
 MASK_KEY_LENGTH = 4  # RFC 6455, section 5.3
+RECV_SIZE = 1 << 16  # bytes asked for per recv by the WebSocket adapter and the echo server
 
 
 def default_max_fragments(max_message_size: int) -> int:
@@ -80,6 +81,7 @@ def default_max_fragments(max_message_size: int) -> int:
 # Handshake (RFC 6455, section 4)
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WEBSOCKET_VERSION = "13"
+WEBSOCKET_KEY_BYTES = 16  # section 4.1: Sec-WebSocket-Key is a random 16-byte value, base64-encoded
 
 # Query parameter of a websocket URL asking to receive one's own published messages back
 # (the channel parameters, such as 'subscribe-broadcast', are named by the subscriber class).

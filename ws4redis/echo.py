@@ -40,7 +40,6 @@ __all__ = ["EchoServer", "main", "parse_bind", "parse_size"]
 
 logger = logging.getLogger("ws4redis.echo")
 
-_READ_SIZE = 1 << 16
 _SIZE = re.compile(r"\s*(\d+)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -188,7 +187,7 @@ class EchoServer:
         data = bytearray()
         try:
             while (length := request_head_length(data)) is None:
-                chunk = sock.recv(_READ_SIZE)
+                chunk = sock.recv(constants.RECV_SIZE)
                 if not chunk:
                     logger.info("%s left before completing the handshake", client.address)
                     return None
@@ -259,7 +258,7 @@ def _linger_and_close(sock: socket.socket, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             sock.settimeout(remaining)
-            if not sock.recv(_READ_SIZE):
+            if not sock.recv(constants.RECV_SIZE):
                 break
     except OSError as exc:
         logger.debug("closing a connection: %s", exc)

@@ -39,10 +39,10 @@ NOT_A_WEBSOCKET_REQUEST = (
 
 _HEAD_END = b"\r\n\r\n"
 _CRLF = b"\r\n"
-_KEY_BYTES = 16  # section 4.1: the key is a random 16-byte value, base64-encoded
 # RFC 9110, section 5.6.2: header names and methods are tokens.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_REQUEST_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP/(\d)\.(\d)")
+_TOKEN_PATTERN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = re.compile(_TOKEN_PATTERN)
+_REQUEST_LINE = re.compile(rf"({_TOKEN_PATTERN}) ([^\s]+) HTTP/(\d)\.(\d)")
 _FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -161,9 +161,11 @@ def validate_upgrade(method: str, headers: Mapping[str, str]) -> Handshake:
         decoded = base64.b64decode(key, validate=True)
     except (binascii.Error, ValueError):
         decoded = b""
-    if len(decoded) != _KEY_BYTES:
+    if len(decoded) != constants.WEBSOCKET_KEY_BYTES:
         raise HandshakeError(
-            f"Bad Request: Sec-WebSocket-Key must be the base64 encoding of {_KEY_BYTES} bytes", 400
+            "Bad Request: Sec-WebSocket-Key must be the base64 encoding of "
+            f"{constants.WEBSOCKET_KEY_BYTES} bytes",
+            400,
         )
     return Handshake(key, _tokens(headers.get("sec-websocket-protocol", "")))
 

@@ -23,8 +23,6 @@ __all__ = ["WebSocket"]
 
 logger = logging.getLogger(__name__)
 
-_RECV_SIZE = 1 << 16
-
 
 def _write_lock_for(sock: socket.socket) -> threading.Lock:
     """A lock that blocks the way the socket does.
@@ -115,11 +113,9 @@ class WebSocket:
         """
         if not self.closed:
             data = self._recv_nowait()
-            if data is None:
-                pass
-            elif data:
+            if data:
                 self._absorb(data)
-            else:
+            elif data is not None:  # b"": the connection is gone (None: nothing to read yet)
                 self._lost()
         messages = list(self._messages)
         self._messages.clear()
@@ -130,14 +126,14 @@ class WebSocket:
         sock = self._sock
         try:
             if deadline is None:
-                return sock.recv(_RECV_SIZE)
+                return sock.recv(constants.RECV_SIZE)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("no websocket message within the timeout")
             previous = sock.gettimeout()
             sock.settimeout(remaining)
             try:
-                return sock.recv(_RECV_SIZE)
+                return sock.recv(constants.RECV_SIZE)
             finally:
                 sock.settimeout(previous)
         except (TimeoutError, BlockingIOError):
@@ -154,7 +150,7 @@ class WebSocket:
             if previous != 0.0:
                 sock.settimeout(0.0)
             try:
-                return sock.recv(_RECV_SIZE)
+                return sock.recv(constants.RECV_SIZE)
             finally:
                 if previous != 0.0:
                     sock.settimeout(previous)

@@ -119,7 +119,7 @@ class BenchClient(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future = loop.create_future()
         self.finished: asyncio.Future = loop.create_future()
-        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        key = base64.b64encode(os.urandom(constants.WEBSOCKET_KEY_BYTES)).decode("ascii")
         self._accept = accept_key(key).encode("ascii")
         self._request = target.request(index, key)
 
@@ -237,7 +237,8 @@ class BenchClient(asyncio.Protocol):
 
     def _send(self, opcode: int, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode_frame(opcode, payload, mask_key=random.randbytes(4)))
+            mask_key = random.randbytes(constants.MASK_KEY_LENGTH)
+            self.transport.write(encode_frame(opcode, payload, mask_key=mask_key))
 
     def _read_head(self, data: bytes) -> bytes:
         """Collect the HTTP response head; return the bytes after it once it is complete."""
