@@ -44,9 +44,8 @@ _MAX_CLOSE_REASON = constants.MAX_CONTROL_PAYLOAD - _CLOSE_CODE.size
 
 
 class State(enum.Enum):
-    """Connection states of RFC 6455, section 4 and 7."""
+    """Connection states of RFC 6455, section 7, once the handshake is done."""
 
-    CONNECTING = "connecting"  # the HTTP upgrade has not completed yet
     OPEN = "open"
     CLOSING = "closing"  # we sent a close frame and wait for the peer's
     CLOSED = "closed"
@@ -254,7 +253,7 @@ class WebSocketProtocol:
     # --- output -----------------------------------------------------------
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
-        mask_key = os.urandom(4) if self.client else None
+        mask_key = os.urandom(constants.MASK_KEY_LENGTH) if self.client else None
         self._outgoing.append(encode_frame(opcode, payload, mask_key=mask_key))
 
     def _ensure_open(self) -> None:
