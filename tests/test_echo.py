@@ -20,6 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import connect
 
+from tests.wire import client_frame
 from ws4redis import constants
 from ws4redis.handshake import NOT_A_WEBSOCKET_REQUEST
 from ws4redis.speedups import Frame, FrameParser, encode_frame
@@ -133,7 +134,7 @@ class RawClient:
         self.frames = self.parser.feed(rest)
 
     def send(self, opcode: int, payload: bytes = b"", fin: bool = True) -> None:
-        self.sock.sendall(encode_frame(opcode, payload, fin=fin, mask_key=os.urandom(4)))
+        self.sock.sendall(client_frame(opcode, payload, fin=fin))
 
     def read_frame(self):
         while not self.frames:

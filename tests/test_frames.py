@@ -11,6 +11,7 @@ import struct
 
 import pytest
 
+from tests.wire import client_frame
 from ws4redis import constants
 from ws4redis.exceptions import InvalidPayloadError, MessageTooBigError, ProtocolError
 from ws4redis.speedups import Frame, FrameParser, encode_frame
@@ -19,11 +20,6 @@ KEY = b"\x37\xfa\x21\x3d"  # the key of the examples in RFC 6455, section 5.7
 
 TEXT, BINARY, CONT = constants.OP_TEXT, constants.OP_BINARY, constants.OP_CONTINUATION
 CLOSE, PING, PONG = constants.OP_CLOSE, constants.OP_PING, constants.OP_PONG
-
-
-def client_frame(opcode: int, payload: bytes = b"", fin: bool = True, **kwargs) -> bytes:
-    """A frame as a client sends it: masked with a fresh key."""
-    return encode_frame(opcode, payload, fin=fin, mask_key=os.urandom(4), **kwargs)
 
 
 def parse_all(data: bytes, **kwargs) -> list:

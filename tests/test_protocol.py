@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from tests.wire import client_frame
 from ws4redis import constants
 from ws4redis.exceptions import ConnectionClosed, InvalidPayloadError, MessageTooBigError
 from ws4redis.protocol import (
@@ -26,10 +27,6 @@ CLOSE, PING, PONG = constants.OP_CLOSE, constants.OP_PING, constants.OP_PONG
 
 VALID_CODES = sorted(constants.SENDABLE_CLOSE_CODES) + [3000, 3001, 3999, 4000, 4001, 4999]
 INVALID_CODES = [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000]
-
-
-def client_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
-    return encode_frame(opcode, payload, fin=fin, mask_key=os.urandom(4))
 
 
 def close_payload(code: int, reason: bytes = b"") -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.wire import client_frame
 from ws4redis import constants
 from ws4redis.exceptions import ConnectionClosed
 from ws4redis.handshake import parse_request_head, request_head_length, upgrade_response, validate_upgrade
@@ -21,10 +22,6 @@ from ws4redis.websocket import WebSocket
 
 TEXT, BINARY, CONT = constants.OP_TEXT, constants.OP_BINARY, constants.OP_CONTINUATION
 CLOSE, PING, PONG = constants.OP_CLOSE, constants.OP_PING, constants.OP_PONG
-
-
-def client_frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
-    return encode_frame(opcode, payload, fin=fin, mask_key=os.urandom(4))
 
 
 class Peer:
