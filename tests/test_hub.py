@@ -212,7 +212,13 @@ def scenario_redis_down_at_start():
     """A hub whose Redis is unreachable keeps retrying; subscribe does not wait for it."""
     hub = Hub()
     a = Collector()
-    gevent.sleep(0.5)
+    hub.start()
+
+    def unreachable():
+        "the hub found Redis unreachable"
+        return hub.unreachable
+
+    wait_for(unreachable)
     confirmed = hub.subscribe(a, ["feed"])
     link = hub.router.links[0]
     result = {"confirmed": confirmed, "failing": link.failing, "log": records}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -17,6 +16,7 @@ import pytest
 import redis
 from websockets.exceptions import ConnectionClosed
 
+from tests.polling import wait_until
 from tests.servers import ServerProcess, Site, gevent_server, raw_upgrade, read_until_closed, serving
 from tests.servers import ws_connect as ws
 from ws4redis import constants
@@ -43,14 +43,6 @@ def hub_pids(client: redis.Redis) -> set[int]:
 def children_of(pid: int) -> set[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as children:
         return {int(child) for child in children.read().split()}
-
-
-def wait_until(predicate, limit: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {limit} s", pytrace=False)
-        time.sleep(0.05)
 
 
 def stop_with(server: ServerProcess, signum: int) -> int:

@@ -11,6 +11,7 @@ import redis
 from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
+from tests.polling import wait_until
 from ws4redis.connection import get_redis_connection
 from ws4redis.publisher import RedisPublisher
 from ws4redis.redis_store import RedisMessage
@@ -304,10 +305,7 @@ def test_release_unsubscribes_and_closes_the_connection(subscribers, make_reques
     subscriber.release()
     assert wait_numsub_zero(redis_client, *channels) == dict.fromkeys(channels, 0)
     assert subscriber.get_file_descriptor() is None
-    deadline = time.monotonic() + 5
-    while connected() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not connected()
+    wait_until(lambda: not connected(), limit=5.0, what="the released subscriber's Redis connection closed")
     subscriber.release()  # twice is harmless
 
 
