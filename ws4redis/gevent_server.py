@@ -47,7 +47,7 @@ from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import error_response, parse_request_head, request_head_length, upgrade_response
 from ws4redis.hub import Hub, SubscriptionRecorder, frame_once, get_hub
 from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol
-from ws4redis.redis_store import RedisMessage
+from ws4redis.redis_store import PublishPlan, RedisMessage, uses_publish_plan
 from ws4redis.session import check_handshake, negotiate, release_database_connections
 from ws4redis.wsgi_server import EchoFilter
 
@@ -59,8 +59,8 @@ IOV_MAX = os.sysconf("SC_IOV_MAX")
 # Redis failures while publishing or reading persisted messages: the websocket survives them.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
-# Connection states, ordered: deliveries are accepted while state <= OPEN.
-SETUP, OPEN, CLOSING, CLOSED = range(4)
+# Connection states, ordered: deliveries are accepted while state <= OPEN; DRAINING reads no more.
+SETUP, OPEN, CLOSING, DRAINING, CLOSED = range(5)
 
 
 class ServerConfig:
@@ -106,26 +106,31 @@ def hub_subscriber_class(base: type) -> type:
 
 
 class WebSocketConnection:
-    """One open websocket: the hub's listener and the state of its handler greenlet.
+    """One open websocket: the hub's listener, driven by libev watchers rather than a greenlet.
 
     Outgoing frames (live messages framed once by the hub, and this
     connection's own control frames) share one queue, bounded by
     WS4REDIS_SEND_QUEUE_BYTES/MESSAGES, written with non-blocking
     ``os.writev``; when the socket is full a libev write watcher resumes the
     writing, so one slow client never blocks the hub or other clients.
+
+    Once the 101 response is out, the handler greenlet ends: a libev read
+    watcher parses whatever arrives, the server's ticker looks after silent
+    websockets, and a greenlet is spawned only while received messages are
+    being published (reading pauses meanwhile, as a blocked reader would).
+    An idle websocket thus costs a few small objects, no greenlet stack.
     """
 
     __slots__ = (
-        "sock", "_fd", "protocol", "subscriber", "channels", "patterns", "echo_filter", "config",
-        "peer", "_state", "_queue", "_queued_bytes", "_offset", "_watcher", "_blocked", "_drained",
-        "_persisted", "_last_recv", "_last_heartbeat", "_last_ping", "_unanswered_since", "_closing_since",
-        "refused",
+        "_fd", "protocol", "subscriber", "channels", "patterns", "echo_filter", "config", "server",
+        "peer", "_state", "_queue", "_queued_bytes", "_offset", "_reader", "_watcher", "_blocked",
+        "_persisted", "_unpublished", "_plan", "_last_recv", "_last_heartbeat", "_last_ping",
+        "_unanswered_since", "_closing_since", "_draining_since", "refused",
     )
 
-    def __init__(self, sock: socket.socket, subscriber: Any, config: ServerConfig, peer: str, echo: bool,
-                 ) -> None:
-        self.sock = sock
-        self._fd = sock.fileno()
+    def __init__(self, fd: int, subscriber: Any, server: WebSocketServer, peer: str, echo: bool) -> None:
+        config = server.config
+        self._fd = fd
         self.protocol = WebSocketProtocol(max_message_size=config.max_message_size,
                                           max_fragments=config.max_fragments)
         self.subscriber = subscriber
@@ -135,19 +140,25 @@ class WebSocketConnection:
         # Without ?echo the copies of its own messages coming back are dropped (the rule of wsgi_server).
         echo_filter = None if echo else EchoFilter(subscriber.publishers, subscriber.subscribed_channels)
         self.echo_filter = echo_filter if echo_filter is not None and echo_filter.channels else None
+        # Channels, keys and expiry of what this websocket publishes, settled once (None: the
+        # subscriber has its own publish_message, called for every message).
+        self._plan: PublishPlan | None = subscriber.publish_plan() if uses_publish_plan(subscriber) else None
         self.config = config
+        self.server = server
         self.peer = peer
         self._state = SETUP
         self._queue: list[bytes] = []
         self._queued_bytes = 0
         self._offset = 0  # bytes of _queue[0] already written
-        self._watcher: Any = None
+        self._reader: Any = None  # the read watcher: set once the descriptor belongs to this connection
+        self._watcher: Any = None  # the write watcher, created when the socket first fills up
         self._blocked = False  # waiting for the socket to become writable
-        self._drained: Event | None = None
         self._persisted: list[bytes] | None = None
+        self._unpublished: list[bytes] | None = None  # received, waiting for the publishing greenlet
         self._last_recv = self._last_heartbeat = self._last_ping = time.monotonic()
         self._unanswered_since = 0.0  # when the oldest ping still without an answer went out
         self._closing_since = 0.0
+        self._draining_since = 0.0
         self.refused: str | None = None  # why it was closed before the 101 went out (see close())
 
     # --- the hub's side ---------------------------------------------------
@@ -233,8 +244,8 @@ class WebSocketConnection:
             if self._blocked:
                 self._watcher.stop()
                 self._blocked = False
-            if self._drained is not None:
-                self._drained.set()
+            if self._state == DRAINING:
+                self._schedule_finish()
 
     def _on_writable(self) -> None:
         self._watcher.stop()
@@ -255,11 +266,12 @@ class WebSocketConnection:
         self._queue = kept
         self._queued_bytes = len(kept[0]) - self._offset if kept else 0
         self.close(constants.CLOSE_POLICY_VIOLATION, "send queue overflow: client too slow")
-        self._stop_reading()
+        self._end()
 
     def _abort(self, reason: str) -> None:
-        """The peer is gone: drop everything queued and wake the handler greenlet."""
+        """The peer is gone: drop everything queued and release the connection."""
         logger.debug("ws4redis: websocket of %s aborted: %s", self.peer, reason)
+        was_setup = self._state == SETUP
         self._state = CLOSED
         self._queue = []
         self._queued_bytes = 0
@@ -267,15 +279,9 @@ class WebSocketConnection:
         if self._blocked:
             self._watcher.stop()
             self._blocked = False
-        if self._drained is not None:
-            self._drained.set()
-        self._stop_reading(socket.SHUT_RDWR)
-
-    def _stop_reading(self, how: int = socket.SHUT_RD) -> None:
-        try:
-            self.sock.shutdown(how)
-        except OSError as exc:  # already disconnected: the handler greenlet sees EOF anyway
-            logger.debug("ws4redis: shutdown of %s: %s", self.peer, exc)
+        if not was_setup:
+            self._stop_reading()
+            self._schedule_finish()
 
     # --- closing ----------------------------------------------------------
 
@@ -298,12 +304,23 @@ class WebSocketConnection:
         self.protocol.send_close(code, reason)
         self._send_frames(self.protocol.data_to_send())
 
-    def _wait_drained(self, timeout: float) -> None:
-        if self._queue and self._state != CLOSED:
-            self._drained = Event()
-            self._drained.wait(timeout)
+    def _end(self) -> None:
+        """Nothing more is read: give the peer WS4REDIS_PING_TIMEOUT to take the frames still queued."""
+        if self._state >= DRAINING:
+            return
+        self._stop_reading()
+        self._state = DRAINING
+        self._draining_since = time.monotonic()
+        self.flush()
+        if not self._queue and self._state == DRAINING:
+            self._schedule_finish()
 
-    # --- the handler greenlet ---------------------------------------------
+    def _schedule_finish(self) -> None:
+        """Release the connection from the event loop, outside of whatever is delivering to it."""
+        if self._reader is not None:
+            gevent.get_hub().loop.run_callback(self.server.release, self)
+
+    # --- setup (in the handler greenlet) ------------------------------------
 
     def prepare(self, hub: Hub) -> None:
         """Subscribe and fetch the persisted messages, before the client learns the websocket is open.
@@ -324,68 +341,151 @@ class WebSocketConnection:
         self._queue[:0] = persisted
         self._queued_bytes += sum(len(frame) for frame in persisted)
 
-    def open(self) -> None:
-        """The 101 response is out: let the queued frames flow."""
-        self._state = OPEN
+    def start(self, data: bytes) -> None:
+        """The 101 response is out and the descriptor ours: frames flow, reading moves to a watcher.
+
+        ``data`` holds the bytes the client sent right after its handshake.
+        """
+        self._reader = gevent.get_hub().loop.io(self._fd, 1)
+        if self._state == SETUP:
+            self._state = OPEN
         self.flush()
+        if self._state == CLOSED:
+            self._schedule_finish()
+            return
+        if data:
+            self._feed(data)
+        else:
+            self._resume_reading()
 
-    def run(self, data: bytes = b"") -> None:
-        """Read frames (``data`` first) until the websocket is closed; never raises for what a peer does."""
-        sock = self.sock
+    # --- reading (libev callbacks) -------------------------------------------
+
+    def _resume_reading(self) -> None:
+        reader = self._reader
+        if self._state < DRAINING and self._unpublished is None and not reader.active:
+            reader.start(self._on_readable)
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, constants.SERVER_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            logger.debug("ws4redis: websocket of %s: read failed: %s", self.peer, exc)
+            self._end()
+            return
+        if not data:
+            self.protocol.receive_eof()
+            self._end()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Handle received bytes; never raises for what a peer (or a custom subscriber) does."""
+        try:
+            self._receive(data)
+        except Exception:
+            # A bug (in a custom subscriber, say) ends this websocket with 1011, never the server.
+            logger.exception("ws4redis: websocket of %s failed; closing it with 1011", self.peer)
+            self._unpublished = None
+            self.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
+            self._end()
+
+    def _receive(self, data: bytes) -> None:
+        self._last_recv = time.monotonic()
+        self._unanswered_since = 0.0  # any data proves the peer alive, not only a pong
         protocol = self.protocol
-        sock.settimeout(self.config.tick)
-        while self._state != CLOSED:
-            if not data:
-                try:
-                    data = sock.recv(constants.SERVER_READ_SIZE)
-                except TimeoutError:
-                    if not self._idle():
-                        break
-                    continue
-                except OSError as exc:
-                    logger.debug("ws4redis: websocket of %s: read failed: %s", self.peer, exc)
-                    break
-                if not data:
-                    protocol.receive_eof()
-                    break
-            self._last_recv = time.monotonic()
-            self._unanswered_since = 0.0  # any data proves the peer alive, not only a pong
-            events = protocol.receive_data(data)
-            data = b""
-            for event in events:
-                if isinstance(event, Message):
-                    self._on_message(event)
-                elif isinstance(event, ProtocolViolation):
-                    logger.info("ws4redis: websocket of %s broke the protocol: %s (close code %d)",
-                                self.peer, event.error, event.error.close_code)
-            if protocol.state is not State.OPEN and self._state < CLOSING:
-                self._state = CLOSING  # no data frame may follow the close frame queued by the protocol
-            self._send_frames(protocol.data_to_send())
-            if protocol.state is State.CLOSED:
-                break
+        for event in protocol.receive_data(data):
+            if type(event) is Message:
+                self._on_message(event.data)
+            elif type(event) is ProtocolViolation:
+                logger.info("ws4redis: websocket of %s broke the protocol: %s (close code %d)",
+                            self.peer, event.error, event.error.close_code)
+        if protocol.state is not State.OPEN and self._state < CLOSING:
+            self._state = CLOSING  # no data frame may follow the close frame queued by the protocol
+        self._send_frames(protocol.data_to_send())
+        if self._unpublished is not None:
+            self._stop_reading()  # as a blocked reader would: the socket buffers what comes next
+            gevent.spawn(self._publish_received)
+        elif protocol.state is State.CLOSED:
+            self._end()
+        else:
+            self._resume_reading()
 
-    def _on_message(self, event: Message) -> None:
-        message = RedisMessage(event.data)
+    def _on_message(self, data: bytes) -> None:
         if self._state != OPEN:
             return
         heartbeat = self.config.heartbeat
-        if message is None and heartbeat is not None:
+        if heartbeat is not None and data == heartbeat:
             # The client's heartbeat: answer it (0.6.0 sent one after every loop turn).
             self.protocol.send_message(heartbeat)
-        if not message:
+            return
+        if not data:
             return
         if self.echo_filter is not None:
-            self.echo_filter.published(message)
+            self.echo_filter.published(data)
+        if self._unpublished is None:
+            self._unpublished = [data]
+        else:
+            self._unpublished.append(data)
+
+    # --- publishing (a greenlet, only while there is something to publish) --------
+
+    def _publish_received(self) -> None:
         try:
-            self.subscriber.publish_message(message)
+            while self._unpublished:
+                messages, self._unpublished = self._unpublished, []
+                for data in messages:
+                    if not self._publish(data):
+                        self._unpublished = None
+                        break
+            self._unpublished = None
+            if self._state == CLOSED:
+                return
+            if self.protocol.state is State.CLOSED:
+                self._end()
+            else:
+                self._resume_reading()
+        except Exception:
+            logger.exception("ws4redis: websocket of %s failed; closing it with 1011", self.peer)
+            self._unpublished = None
+            self.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
+            self._end()
+
+    def _publish(self, data: bytes) -> bool:
+        """Publish one received message; False (and a 1013 close) when Redis cannot take it."""
+        try:
+            plan = self._plan
+            if plan is not None:
+                plan.execute(self.subscriber._connection, data)
+            else:
+                self.subscriber.publish_message(RedisMessage(data))
         except REDIS_ERRORS as exc:
             logger.warning("ws4redis: cannot publish the message of %s (%s); closing with 1013",
                            self.peer, exc)
             self.close(constants.CLOSE_TRY_AGAIN_LATER, "message not published: Redis unavailable")
+            return False
+        return True
 
-    def _idle(self) -> bool:
-        """The peer was silent for a tick: heartbeat, ping or give up. False ends the connection."""
-        now = time.monotonic()
+    # --- silence (the server's ticker) ----------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Called every tick by the server: heartbeat, ping, or give up on a silent or slow peer."""
+        state = self._state
+        if self._reader is None or state == CLOSED:
+            return
+        if state == DRAINING:
+            if now - self._draining_since >= self.config.ping_timeout:
+                self._abort("the peer did not take the last frames in time")
+        elif not self._idle(now):
+            self._end()
+
+    def _idle(self, now: float) -> bool:
+        """Heartbeat, ping or give up on a silent peer. False ends the connection."""
         config = self.config
         if self._state == CLOSING:
             return now - self._closing_since < config.ping_timeout
@@ -409,28 +509,32 @@ class WebSocketConnection:
         self._send_frames(self.protocol.data_to_send())
         return True
 
-    def drain(self) -> None:
-        """After the last read: give the peer WS4REDIS_PING_TIMEOUT to take the frames still queued."""
-        if self._state < CLOSING:
-            self._state = CLOSING
-        if self._state != CLOSED:
-            self.flush()
-            self._wait_drained(self.config.ping_timeout)
+    # --- release ----------------------------------------------------------
 
     def finish(self, hub: Hub) -> None:
-        """Release everything at once (also when killed): hub routes, subscriber, write watcher, socket."""
+        """Release everything at once (also at a forced shutdown): hub routes, subscriber, watchers, fd.
+
+        Before :meth:`start` the descriptor still belongs to the handler's socket, which closes it.
+        """
         self._state = CLOSED
         self._queue = []
+        self._unpublished = None
         hub.unsubscribe(self, self.channels, self.patterns)
         try:
             self.subscriber.release()
         finally:
+            reader, self._reader = self._reader, None
             watcher, self._watcher = self._watcher, None
-            if watcher is not None:
-                watcher.stop()
-                watcher.close()
             self._blocked = False
-            self.sock.close()
+            for io in (reader, watcher):
+                if io is not None:
+                    io.stop()
+                    io.close()
+            if reader is not None:
+                fd, self._fd = self._fd, -1
+                # socket.close, not os.close: gevent's os.close defers the close to the next turn of
+                # the loop, which may be seconds away when the process is idle. Our watchers are stopped.
+                socket.close(fd)
 
 
 def request_environ(handler: WSGIHandler, method: str, target: str, headers: Any) -> dict[str, Any]:
@@ -616,9 +720,10 @@ class WebSocketHandler(WSGIHandler):
         return subscriber, negotiation.echo, upgrade_response(handshake, negotiation.subprotocol)
 
     def _run_websocket(self, peer: str, pending: bytes, subscriber: Any, echo: bool, upgrade: bytes) -> None:
+        """Subscribe, answer 101 and hand the descriptor over to the connection; this greenlet then ends."""
         server = self.server
         sock = self.socket
-        connection = WebSocketConnection(sock, subscriber, server.config, peer, echo)
+        connection = WebSocketConnection(sock.fileno(), subscriber, server, peer, echo)
         server.connections.add(connection)
         try:
             connection.prepare(server.hub)
@@ -627,17 +732,16 @@ class WebSocketHandler(WSGIHandler):
                 self._send_raw(error_response(refusal))
             elif self._send_raw(upgrade):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                connection.open()
-                connection.run(pending)
-                connection.drain()
+                # From now on the descriptor is the connection's: pywsgi must neither read nor close it.
+                self.socket = None
+                sock.detach()
+                connection.start(pending)
+                return
         except Exception:
-            # A bug (in a custom subscriber, say) ends this websocket with 1011, never the server.
-            logger.exception("ws4redis: websocket of %s failed; closing it with 1011", peer)
-            connection.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
-            connection.drain()
-        finally:
-            server.connections.discard(connection)
-            connection.finish(server.hub)
+            # A bug (in a custom subscriber, say) ends this websocket, never the server.
+            logger.exception("ws4redis: websocket setup of %s failed", peer)
+        if self.socket is not None:
+            server.release(connection)
 
     def _send_raw(self, data: bytes) -> bool:
         try:
@@ -649,7 +753,11 @@ class WebSocketHandler(WSGIHandler):
 
 
 class WebSocketServer(WSGIServer):
-    """pywsgi's server with :class:`WebSocketHandler`, its websockets and a graceful stop."""
+    """pywsgi's server with :class:`WebSocketHandler`, its websockets and a graceful stop.
+
+    Open websockets have no greenlet: one libev timer per process (every
+    ``ServerConfig.tick``) looks after the silent ones.
+    """
 
     handler_class = WebSocketHandler
 
@@ -661,12 +769,42 @@ class WebSocketServer(WSGIServer):
         self.connections: set[WebSocketConnection] = set()
         self.shutting_down = False
         self.stopped = Event()
+        self._all_released = Event()
+        self._ticker: Any = None
 
     @property
     def hub(self) -> Hub:
         if self._hub is None:
             self._hub = get_hub()
         return self._hub
+
+    def start(self) -> None:
+        super().start()
+        if self._ticker is None:
+            tick = self.config.tick
+            self._ticker = gevent.get_hub().loop.timer(tick, tick)
+            self._ticker.start(self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for connection in list(self.connections):
+            try:
+                connection.tick(now)
+            except Exception:
+                logger.exception("ws4redis: keepalive of the websocket of %s failed", connection.peer)
+                self.release(connection)
+
+    def release(self, connection: WebSocketConnection) -> None:
+        """Forget ``connection`` and free what it holds (once; later calls do nothing)."""
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        try:
+            connection.finish(self.hub)
+        except Exception:
+            logger.exception("ws4redis: releasing the websocket of %s failed", connection.peer)
+        if self.shutting_down and not self.connections:
+            self._all_released.set()
 
     def shutdown(self) -> None:
         """Stop accepting, close every websocket with 1001, wait up to WS4REDIS_SHUTDOWN_TIMEOUT, exit."""
@@ -678,12 +816,21 @@ class WebSocketServer(WSGIServer):
         logger.info("ws4redis: shutting down, closing %d websockets with 1001", len(self.connections))
         for connection in list(self.connections):
             connection.close(constants.CLOSE_GOING_AWAY, "server shutting down")
-        # Leave a little of the deadline for killing what did not finish and closing Redis.
+        # Leave a little of the deadline for dropping what did not finish and closing Redis.
         grace = max(0.0, deadline - time.monotonic() - constants.SHUTDOWN_KILL_MARGIN)
         self.pool.join(timeout=grace)
-        if len(self.pool):
-            logger.info("ws4redis: %d connections did not close in time; dropping them", len(self.pool))
+        if self.connections:
+            self._all_released.wait(max(0.0, deadline - time.monotonic() - constants.SHUTDOWN_KILL_MARGIN))
+        if len(self.pool) or self.connections:
+            logger.info("ws4redis: %d connections did not close in time; dropping them",
+                        len(self.pool) + len(self.connections))
             self.pool.kill(block=True, timeout=constants.SHUTDOWN_KILL_MARGIN / 2)
+            for connection in list(self.connections):
+                self.release(connection)
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker.close()
+            self._ticker = None
         if self._hub is not None:
             self._hub.close()
         self.stopped.set()

@@ -16,10 +16,13 @@ receives the most recent message of each of its channels, then live traffic.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Iterable
 from typing import Any
+
+import redis
 
 from ws4redis import settings as private_settings
 
@@ -195,6 +198,88 @@ def channel_names(
     return _unique(names)
 
 
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+# redis-py before 5.3 wants a command name from ConnectionPool.get_connection, later ones warn about it.
+_POOL_NEEDS_COMMAND_NAME = (
+    inspect.signature(redis.ConnectionPool.get_connection).parameters["command_name"].default
+    is inspect.Parameter.empty
+)
+
+
+class PublishPlan:
+    """SET EX (when messages are kept) and PUBLISH for a fixed set of channels, in one round trip.
+
+    Everything but the message is encoded once (channel names, the expiry),
+    so a websocket publishing thousands of messages pays for it once; each
+    message is framed into one pipelined write and the replies are read
+    back on the same pooled connection, without MULTI/EXEC.
+    """
+
+    __slots__ = ("channels", "expire", "_commands", "_publishes")
+
+    def __init__(self, channels: Iterable[str], expire: int) -> None:
+        self.channels: tuple[str, ...] = tuple(sorted(channels))
+        self.expire = expire
+        # (bytes before the message, bytes after it) per command, and which replies count receivers.
+        commands: list[tuple[bytes, bytes]] = []
+        publishes: list[bool] = []
+        for channel in self.channels:
+            name = _bulk(channel.encode("utf-8") if isinstance(channel, str) else bytes(channel))
+            if expire > 0:
+                keep = b"\r\n" + _bulk(b"EX") + _bulk(b"%d" % expire)
+                commands.append((b"*5\r\n" + _bulk(b"SET") + name, keep))
+                publishes.append(False)
+            commands.append((b"*3\r\n" + _bulk(b"PUBLISH") + name, b"\r\n"))
+            publishes.append(True)
+        self._commands = tuple(commands)
+        self._publishes = tuple(publishes)
+
+    def pack(self, message: bytes) -> bytes:
+        """The RESP encoding of every command of the plan for ``message``."""
+        length = b"$%d\r\n" % len(message)
+        return b"".join(b"".join((head, length, message, tail)) for head, tail in self._commands)
+
+    def execute(self, client: Any, message: bytes) -> int:
+        """Send the commands for ``message`` through ``client``'s pool; returns the PUBLISH receivers."""
+        if not self._commands:
+            return 0
+        pool = client.connection_pool
+        connection = pool.get_connection("PUBLISH") if _POOL_NEEDS_COMMAND_NAME else pool.get_connection()
+        packed = self.pack(message)
+        try:
+            return connection.retry.call_with_retry(
+                lambda: self._round_trip(connection, packed), lambda error: connection.disconnect()
+            )
+        finally:
+            pool.release(connection)
+
+    def _round_trip(self, connection: Any, packed: bytes) -> int:
+        connection.send_packed_command((packed,))
+        receivers = 0
+        failure: redis.ResponseError | None = None
+        for counts in self._publishes:
+            try:
+                reply = connection.read_response()
+            except redis.ResponseError as exc:  # read the other replies too: the connection stays in step
+                failure = failure or exc
+                continue
+            if counts:
+                receivers += reply
+        if failure is not None:
+            raise failure
+        return receivers
+
+
+def uses_publish_plan(store: Any) -> bool:
+    """Whether ``store`` publishes the standard way, so that a :class:`PublishPlan` may stand in for it."""
+    method = getattr(type(store), "publish_message", None)
+    return method is RedisStore.publish_message and getattr(store, "_connection", None) is not None and \
+        hasattr(store._connection, "connection_pool")
+
+
 class RedisStore:
     """Publishes to the channels in ``self._publishers`` and persists the last message of each."""
 
@@ -227,6 +312,10 @@ class RedisStore:
             return expire
         return private_settings.WS4REDIS_EXPIRE if self._expire is None else self._expire
 
+    def publish_plan(self, expire: int | None = None) -> PublishPlan:
+        """The channels and expiry of :meth:`publish_message`, settled now, to publish many messages with."""
+        return PublishPlan(self._publishers, self._expire_seconds(expire))
+
     def publish_message(self, message: Any, expire: int | None = None) -> int:
         """Publish ``message`` on every channel of this store; return how many subscribers got it.
 
@@ -234,16 +323,11 @@ class RedisStore:
         WS4REDIS_EXPIRE) the message is also kept under the channel's key for
         that many seconds, replacing the previous one. The key is written
         BEFORE publishing: a client that subscribes meanwhile may see the
-        message twice (persisted and live), never zero times.
+        message twice (persisted and live), never zero times. Every command
+        goes out in one round trip (pipelined, without MULTI).
         """
         message = self._as_message(message)
-        expire = self._expire_seconds(expire)
-        receivers = 0
-        for channel in sorted(self._publishers):
-            if expire > 0:
-                self._connection.set(channel, message, ex=expire)
-            receivers += self._connection.publish(channel, message)
-        return receivers
+        return self.publish_plan(expire).execute(self._connection, message)
 
     def pipeline_publish_message(
         self, message: Any, expire: int | None = None, transaction: bool = True
