@@ -67,6 +67,25 @@ def redis_client(redis_server):
 
 
 @pytest.fixture
+def listener(redis_client):
+    """A pub/sub connection of its own to the suite's Redis, closed after the test."""
+    pubsub = redis_client.pubsub()
+    yield pubsub
+    pubsub.close()
+
+
+@pytest.fixture
+def alice(db):
+    """A saved user in the groups "blue" and "green"."""
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_user("alice", password="secret")
+    for name in ("blue", "green"):
+        user.groups.add(Group.objects.create(name=name))
+    return user
+
+
+@pytest.fixture
 def make_request(redis_client):
     """Build requests as the websocket servers see them: a real session in the Redis cache, a real user.
 

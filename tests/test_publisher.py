@@ -2,47 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
+from tests.pubsub import received, subscribe_confirmed
 from ws4redis.connection import get_connection_pool
 from ws4redis.publisher import RedisPublisher
 from ws4redis.redis_store import SELF, RedisMessage
-
-
-@pytest.fixture
-def alice(db):
-    user = User.objects.create_user("alice", password="secret")
-    for name in ("blue", "green"):
-        user.groups.add(Group.objects.create(name=name))
-    return user
-
-
-@pytest.fixture
-def listener(redis_client):
-    pubsub = redis_client.pubsub()
-    yield pubsub
-    pubsub.close()
-
-
-def listen(pubsub, *channels):
-    """Subscribe and wait for Redis to confirm, so nothing published afterwards is missed."""
-    pubsub.subscribe(*channels)
-    for _ in channels:
-        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-
-
-def receive(pubsub, count, limit=5.0):
-    got = []
-    deadline = time.monotonic() + limit
-    while len(got) < count and time.monotonic() < deadline:
-        reply = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        if reply:
-            got.append((reply["channel"].decode(), reply["data"]))
-    return sorted(got)
 
 
 def test_the_default_connection_is_the_shared_pool():
@@ -67,11 +33,11 @@ def test_a_given_connection_is_used(redis_client):
     ],
 )
 def test_each_audience_is_published_and_persisted(redis_client, listener, kwargs, channels):
-    listen(listener, *channels)
+    subscribe_confirmed(listener, *channels)
     publisher = RedisPublisher(facility="news", **kwargs)
     assert publisher.publishers == frozenset(channels)
     assert publisher.publish_message(RedisMessage("extra!"), expire=10) == len(channels)
-    assert receive(listener, len(channels)) == [(channel, b"extra!") for channel in channels]
+    assert sorted(received(listener, len(channels))) == [(channel, b"extra!") for channel in channels]
     for channel in channels:
         assert redis_client.get(channel) == b"extra!"
         assert 0 < redis_client.ttl(channel) <= 10
@@ -83,9 +49,9 @@ def test_self_is_resolved_from_the_request(redis_client, listener, make_request,
     publisher = RedisPublisher(facility="news", request=request, users=[SELF], groups=[SELF], sessions=[SELF])
     expected = ["group:blue:news", "group:green:news", "user:alice:news", f"session:{key}:news"]
     assert publisher.publishers == frozenset(expected)
-    listen(listener, *expected)
+    subscribe_confirmed(listener, *expected)
     assert publisher.pipeline_publish_message(RedisMessage("to me")) == 4
-    assert receive(listener, 4) == sorted((channel, b"to me") for channel in expected)
+    assert sorted(received(listener, 4)) == sorted((channel, b"to me") for channel in expected)
 
 
 @override_settings(WS4REDIS_PREFIX="site1")

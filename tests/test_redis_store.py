@@ -4,52 +4,19 @@ from __future__ import annotations
 
 import logging
 import pickle
-import time
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.test import override_settings
 
+from tests.pubsub import received, subscribe_confirmed
 from ws4redis.redis_store import SELF, RedisMessage, RedisStore, get_prefix
 
 FACILITY = "foobar"
 
 
-def receive(pubsub, count, limit=5.0):
-    """Collect ``count`` published payloads (bounded wait, the test fails if they never come)."""
-    payloads = []
-    deadline = time.monotonic() + limit
-    while len(payloads) < count and time.monotonic() < deadline:
-        reply = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        if reply is not None:
-            payloads.append((reply["channel"].decode(), reply["data"]))
-    return payloads
-
-
 @pytest.fixture
 def store(redis_client):
     return RedisStore(redis_client)
-
-
-@pytest.fixture
-def listener(redis_client):
-    pubsub = redis_client.pubsub()
-    yield pubsub
-    pubsub.close()
-
-
-def subscribe(pubsub, *channels):
-    pubsub.subscribe(*channels)
-    for _ in channels:
-        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-
-
-@pytest.fixture
-def alice(db):
-    user = User.objects.create_user("alice", password="secret")
-    for name in ("blue", "green"):
-        user.groups.add(Group.objects.create(name=name))
-    return user
 
 
 # Key layout ------------------------------------------------------------------------------------
@@ -165,9 +132,9 @@ def test_self_without_any_request_is_dropped(store):
 
 def test_publish_reaches_subscribers_of_every_channel_and_persists_the_message(store, redis_client, listener):
     store._publishers = set(store._get_message_channels(facility=FACILITY, broadcast=True, users=["john"]))
-    subscribe(listener, "broadcast:foobar", "user:john:foobar")
+    subscribe_confirmed(listener, "broadcast:foobar", "user:john:foobar")
     assert store.publish_message(RedisMessage("hello"), expire=60) == 2
-    assert sorted(receive(listener, 2)) == [("broadcast:foobar", b"hello"), ("user:john:foobar", b"hello")]
+    assert sorted(received(listener, 2)) == [("broadcast:foobar", b"hello"), ("user:john:foobar", b"hello")]
     for channel in ("broadcast:foobar", "user:john:foobar"):
         assert redis_client.get(channel) == b"hello"
         assert 0 < redis_client.ttl(channel) <= 60
@@ -194,10 +161,10 @@ def test_a_subclass_expire_attribute_overrides_the_setting(redis_client):
 
 def test_expire_zero_publishes_without_persisting(store, redis_client, listener):
     store._publishers = {"broadcast:foobar"}
-    subscribe(listener, "broadcast:foobar")
+    subscribe_confirmed(listener, "broadcast:foobar")
     with override_settings(WS4REDIS_EXPIRE=0):
         assert store.publish_message(RedisMessage("gone")) == 1
-    assert receive(listener, 1) == [("broadcast:foobar", b"gone")]
+    assert received(listener, 1) == [("broadcast:foobar", b"gone")]
     assert redis_client.get("broadcast:foobar") is None
     store.publish_message(RedisMessage("also gone"), expire=0)
     assert redis_client.exists("broadcast:foobar") == 0
@@ -215,7 +182,7 @@ def test_only_the_last_message_of_a_channel_is_kept(store, redis_client):
 def test_pipeline_publish_publishes_and_persists(store, redis_client, listener, transaction):
     store._publishers = set(store._get_message_channels(facility=FACILITY, broadcast=True, groups=["g"],
                                                         sessions=["s"]))
-    subscribe(listener, "broadcast:foobar", "group:g:foobar")
+    subscribe_confirmed(listener, "broadcast:foobar", "group:g:foobar")
     redis_client.config_resetstat()
     receivers = store.pipeline_publish_message(RedisMessage("piped"), expire=30, transaction=transaction)
     assert receivers == 2
@@ -223,7 +190,7 @@ def test_pipeline_publish_publishes_and_persists(store, redis_client, listener, 
     assert ("cmdstat_multi" in stats) is transaction
     assert ("cmdstat_exec" in stats) is transaction
     assert stats["cmdstat_publish"]["calls"] == 3
-    assert sorted(receive(listener, 2)) == [("broadcast:foobar", b"piped"), ("group:g:foobar", b"piped")]
+    assert sorted(received(listener, 2)) == [("broadcast:foobar", b"piped"), ("group:g:foobar", b"piped")]
     for channel in ("broadcast:foobar", "group:g:foobar", "session:s:foobar"):
         assert redis_client.get(channel) == b"piped"
         assert 0 < redis_client.ttl(channel) <= 30
@@ -232,18 +199,18 @@ def test_pipeline_publish_publishes_and_persists(store, redis_client, listener, 
 def test_pipeline_publish_without_expiry_and_without_channels(store, redis_client, listener):
     assert store.pipeline_publish_message(RedisMessage("nowhere")) == 0
     store._publishers = {"broadcast:foobar"}
-    subscribe(listener, "broadcast:foobar")
+    subscribe_confirmed(listener, "broadcast:foobar")
     assert store.pipeline_publish_message(RedisMessage("live only"), expire=0) == 1
-    assert receive(listener, 1) == [("broadcast:foobar", b"live only")]
+    assert received(listener, 1) == [("broadcast:foobar", b"live only")]
     assert redis_client.get("broadcast:foobar") is None
 
 
 @override_settings(WS4REDIS_PREFIX="site1")
 def test_publishing_with_a_prefix_uses_prefixed_keys(store, redis_client, listener):
     store._publishers = set(store._get_message_channels(facility=FACILITY, broadcast=True))
-    subscribe(listener, "site1:broadcast:foobar")
+    subscribe_confirmed(listener, "site1:broadcast:foobar")
     store.publish_message(RedisMessage("prefixed"))
-    assert receive(listener, 1) == [("site1:broadcast:foobar", b"prefixed")]
+    assert received(listener, 1) == [("site1:broadcast:foobar", b"prefixed")]
     assert redis_client.get("site1:broadcast:foobar") == b"prefixed"
     assert redis_client.get("broadcast:foobar") is None
 
