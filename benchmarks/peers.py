@@ -15,7 +15,6 @@ masker and UTF-8 validator, aiohttp's Cython mask and frame reader, and
 from __future__ import annotations
 
 import asyncio
-import importlib
 import random
 from collections.abc import Callable
 from functools import cache
@@ -32,6 +31,7 @@ from websockets.speedups import apply_mask
 from wsaccel.utf8validator import Utf8Validator as WsaccelUtf8Validator
 from wsaccel.xormask import XorMaskerSimple
 
+from tests.compiled import import_compiled as import_compiled_or_error
 from ws4redis import constants
 from ws4redis.pure import frames as pure_frames
 from ws4redis.pure import mask as pure_mask
@@ -52,22 +52,18 @@ SMALL_FRAME_SIZE = 16
 PARSE_LIMIT = 2 << 20  # every parser's message size limit: above the largest stream's message
 
 
-COMPILED_NAMES = ("mask", "utf8", "frames")
-
-
 class CompiledMissing(ImportError):
     """The compiled ws4redis speedups are not built."""
 
 
 def import_compiled() -> SimpleNamespace:
-    """The compiled modules as ``.mask``, ``.utf8`` and ``.frames``."""
-    try:
-        modules = {name: importlib.import_module(f"ws4redis._speedups_{name}") for name in COMPILED_NAMES}
-        return SimpleNamespace(**modules)
-    except ImportError as exc:
+    """The compiled modules as ``.mask``, ``.utf8`` and ``.frames``, imported as the tests do."""
+    modules, error = import_compiled_or_error()
+    if modules is None:
         raise CompiledMissing(
-            f"the ws4redis speedups are not built ({exc}); run `python setup.py build_ext --inplace`"
-        ) from exc
+            f"the ws4redis speedups are not built ({error}); run `python setup.py build_ext --inplace`"
+        ) from error
+    return modules
 
 
 # ---------------------------------------------------------------- inputs

@@ -55,6 +55,14 @@ def redis_server():
     return server
 
 
+@pytest.fixture(scope="session")
+def compiled():
+    """The compiled modules (``.mask``, ``.utf8``, ``.frames``), imported directly (tests/compiled.py)."""
+    from tests.compiled import require_compiled
+
+    return require_compiled()
+
+
 @pytest.fixture
 def redis_client(redis_server):
     """A client of the suite's own redis-server, emptied before each test."""

@@ -28,7 +28,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.compiled import require_compiled
 from ws4redis import constants
 from ws4redis.exceptions import InvalidPayloadError, MessageTooBigError, ProtocolError
 
@@ -37,11 +36,6 @@ KEY = b"\x37\xfa\x21\x3d"
 TEXT, BINARY, CONT = constants.OP_TEXT, constants.OP_BINARY, constants.OP_CONTINUATION
 CLOSE = constants.OP_CLOSE
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    return require_compiled()
 
 
 def sample_stream(encode_frame) -> bytes:

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.compiled import require_compiled
 from ws4redis import constants
 from ws4redis.exceptions import ProtocolError
 from ws4redis.pure import frames as pure_frames
@@ -27,11 +26,6 @@ TEXT, BINARY, CONT = constants.OP_TEXT, constants.OP_BINARY, constants.OP_CONTIN
 CLOSE, PING, PONG = constants.OP_CLOSE, constants.OP_PING, constants.OP_PONG
 
 PARITY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    return require_compiled()
 
 
 def reference_mask(data: bytes, key: bytes) -> bytes:
