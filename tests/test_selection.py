@@ -3,10 +3,11 @@
 import os
 
 import ws4redis.speedups as speedups
+from tests.compiled import import_compiled
 
 
 def test_implementation_matches_expectation():
-    if os.environ.get("WS4REDIS_NO_EXTENSIONS", "") not in ("", "0"):
+    if speedups.extensions_disabled():
         assert speedups.COMPILED is False
         assert speedups.mask.__module__ == "ws4redis.pure.mask"
     elif os.environ.get("WS4REDIS_EXPECT_COMPILED") == "1":
@@ -14,4 +15,5 @@ def test_implementation_matches_expectation():
         assert speedups.FrameParser.__module__ == "ws4redis._speedups_frames"
         assert speedups.validate_utf8.__module__ == "ws4redis._speedups_utf8"
     else:
-        assert isinstance(speedups.COMPILED, bool)
+        built, _ = import_compiled()
+        assert speedups.COMPILED is (built is not None), "the facade uses the extensions exactly when built"
