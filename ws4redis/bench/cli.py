@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import resource
 import sys
+from collections.abc import Callable
 
 from ws4redis.bench.client import HEADER_SIZE
 from ws4redis.bench.procstat import ProcessGone
@@ -177,15 +179,12 @@ async def run(options: Options, show_progress: bool) -> dict:
             sys.stderr.write("\r" + " " * (BAR_WIDTH + 40) + "\r")
 
 
-def event_loop_factory(disable_uvloop: bool):
-    """uvloop's loop when installed (the ``bench`` extra) and wanted, else asyncio's."""
-    if not disable_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            pass  # uvloop is optional: asyncio's loop works, only slower
-        else:
-            return uvloop.new_event_loop, "uvloop"
+def event_loop_factory(disable_uvloop: bool) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
+    """uvloop's loop when installed (the ``bench`` extra) and wanted, else asyncio's (only slower)."""
+    if not disable_uvloop and importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        return uvloop.new_event_loop, "uvloop"
     return asyncio.new_event_loop, "asyncio"
 
 

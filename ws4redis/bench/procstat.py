@@ -10,8 +10,11 @@ already exited and been waited for.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+Number = TypeVar("Number", int, float)
 _PROC = Path("/proc")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -83,7 +86,7 @@ class ProcessTree:
         return len(self._members())
 
 
-def _safe(read, pid: int):
+def _safe(read: Callable[[int], Number], pid: int) -> Number:
     """Read one member, counting a member that exited meanwhile as zero."""
     try:
         return read(pid)

@@ -206,7 +206,7 @@ class Run:
         await asyncio.gather(*tasks)
         self.connect_seconds = monotonic() - started
 
-    async def _warm_up(self, redis) -> None:
+    async def _warm_up(self, redis: aioredis.Redis) -> None:
         """Publish marker messages until every client got one, so no subscription is still pending.
 
         Servers subscribe to Redis after the upgrade answer, so a message
@@ -241,7 +241,7 @@ class Run:
         facility = self.target.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         return f"broadcast:{facility}"
 
-    async def _publish(self, redis) -> int:
+    async def _publish(self, redis: aioredis.Redis) -> int:
         opts = self.options
         stats = self.stats
         channel = self.channel
