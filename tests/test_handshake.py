@@ -1,4 +1,7 @@
-"""The opening handshake (RFC 6455, section 4): every rule, raw HTTP parsing, origins."""
+"""The opening handshake (RFC 6455, section 4): every rule and raw HTTP parsing.
+
+Origins are checked by ``ws4redis.settings.origin_allowed`` (tests/test_settings.py).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from ws4redis.handshake import (
     Handshake,
     Headers,
     accept_key,
-    check_origin,
     error_response,
     headers_from_environ,
     parse_request_head,
@@ -181,54 +183,6 @@ def test_headers_from_environ():
     assert headers["content-type"] == "text/plain"
     assert "content-length" not in headers and "path-info" not in headers
     assert validate_upgrade(environ["REQUEST_METHOD"], headers).accept == RFC_ACCEPT
-
-
-# --- origin -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("origin", "allowed"),
-    [
-        (None, []),
-        ("", ["example.com"]),
-        ("https://evil.test", ["*"]),
-        ("https://example.com", ["example.com"]),
-        ("https://EXAMPLE.com:8443", ["example.com"]),  # no port in the pattern: any port
-        ("http://example.com:8000", ["example.com:8000"]),
-        ("https://example.com", ["example.com:443"]),  # the scheme's default port
-        ("http://example.com", ["example.com:80"]),
-        ("https://example.com", [".example.com"]),
-        ("https://www.example.com", [".example.com"]),
-        ("https://a.b.example.com.", [".example.com"]),
-        ("http://[::1]:8000", ["[::1]"]),
-        ("http://[::1]:8000", ["[::1]:8000"]),
-        ("http://127.0.0.1:8000", ["localhost", "127.0.0.1"]),
-    ],
-)
-def test_allowed_origins(origin, allowed):
-    assert check_origin(origin, allowed) is None
-
-
-@pytest.mark.parametrize(
-    ("origin", "allowed"),
-    [
-        ("https://evil.test", []),
-        ("https://evil.test", ["example.com"]),
-        ("https://notexample.com", [".example.com"]),
-        ("https://example.com.evil.test", [".example.com"]),
-        ("https://example.com", ["www.example.com"]),
-        ("http://example.com:8001", ["example.com:8000"]),
-        ("https://example.com", ["example.com:80"]),
-        ("null", ["example.com"]),
-        ("http://[::1", ["[::1]"]),
-        ("http://[::2]:8000", ["[::1]"]),
-    ],
-)
-def test_refused_origins_are_403(origin, allowed):
-    with pytest.raises(HandshakeError) as info:
-        check_origin(origin, allowed)
-    assert info.value.status == 403
-    assert "Forbidden" in str(info.value) and "origin" in str(info.value)
 
 
 # --- raw HTTP -----------------------------------------------------------------------

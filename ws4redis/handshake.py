@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import urlsplit
 
 from ws4redis import constants
 from ws4redis.exceptions import HandshakeError, UpgradeRequiredError
@@ -24,7 +23,6 @@ __all__ = [
     "Handshake",
     "Headers",
     "accept_key",
-    "check_origin",
     "error_response",
     "headers_from_environ",
     "parse_request_head",
@@ -168,60 +166,6 @@ def validate_upgrade(method: str, headers: Mapping[str, str]) -> Handshake:
             400,
         )
     return Handshake(key, _tokens(headers.get("sec-websocket-protocol", "")))
-
-
-def _split_host_port(value: str) -> tuple[str, int | None]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``, lower-cased, trailing dot dropped."""
-    port: int | None = None
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        if rest.startswith(":") and rest[1:].isdigit():
-            port = int(rest[1:])
-    else:
-        host, colon, rest = value.rpartition(":")
-        if colon and rest.isdigit():
-            port = int(rest)
-        else:
-            host = value
-    return host.lower().rstrip("."), port
-
-
-_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
-
-
-def check_origin(origin: str | None, allowed: Iterable[str]) -> None:
-    """Refuse (403) a browser whose Origin is not in ``allowed`` (section 10.2).
-
-    Patterns work like Django's ALLOWED_HOSTS: ``"*"`` allows everything,
-    ``".example.com"`` allows example.com and all its subdomains, ``"host"``
-    allows that host on any port and ``"host:port"`` only on that port. A
-    request without Origin is allowed: only browsers send it, and the check
-    protects browsers' users from other sites' scripts.
-    """
-    if origin is None or origin == "":
-        return
-    patterns = list(allowed)
-    if "*" in patterns:
-        return
-    forbidden = HandshakeError(f"Forbidden: origin {origin!r} may not open websockets here", 403)
-    try:
-        parts = urlsplit(origin.strip())
-        host = (parts.hostname or "").rstrip(".")
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
-    except ValueError:
-        raise forbidden from None
-    if not host:
-        raise forbidden
-    for pattern in patterns:
-        pattern_host, pattern_port = _split_host_port(pattern.strip())
-        if pattern_port is not None and pattern_port != port:
-            continue
-        if pattern_host.startswith("."):
-            if host == pattern_host[1:] or host.endswith(pattern_host):
-                return
-        elif host == pattern_host:
-            return
-    raise forbidden
 
 
 def request_head_length(
