@@ -62,7 +62,6 @@ class ConnectionClosed(WebSocketError):
         self.reason = reason
 
 
-
 class UpgradeRequiredError(HandshakeError):
     """The request lacks a supported ``Sec-WebSocket-Version`` (426)."""
 
