@@ -47,7 +47,7 @@ from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import error_response, parse_request_head, request_head_length, upgrade_response
 from ws4redis.hub import Hub, SubscriptionRecorder, frame_once, get_hub
 from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol
-from ws4redis.redis_store import PublishPlan, RedisMessage, uses_publish_plan
+from ws4redis.redis_store import PublishPlan, RedisMessage, pooled_connection, uses_publish_plan
 from ws4redis.session import check_handshake, negotiate, release_database_connections
 from ws4redis.wsgi_server import EchoFilter
 
@@ -105,6 +105,82 @@ def hub_subscriber_class(base: type) -> type:
     return type(base.__name__, (base,), {"create_subscription": create_subscription, "__module__": __name__})
 
 
+class PublishBatcher:
+    """Publishes what the websockets of the process received, pipelined over one pooled connection.
+
+    A websocket hands over each message packed by its
+    :class:`~ws4redis.redis_store.PublishPlan` without blocking. One greenlet,
+    alive only while messages wait, writes everything waiting in one send,
+    reads the replies in order and tells each websocket how its message
+    fared, so under load many messages share one round trip and no websocket
+    needs a greenlet of its own to publish.
+    """
+
+    __slots__ = ("client", "_waiting", "_worker")
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._waiting: list[tuple[Any, PublishPlan, bytes]] = []
+        self._worker: gevent.Greenlet | None = None
+
+    def submit(self, listener: Any, plan: PublishPlan, packed: bytes) -> None:
+        """Queue ``packed`` (``plan.pack(message)``); ``listener.published(error)`` follows."""
+        self._waiting.append((listener, plan, packed))
+        if self._worker is None:
+            self._worker = gevent.spawn(self._run)
+
+    def close(self) -> None:
+        worker = self._worker
+        if worker is not None:
+            worker.kill(block=True, timeout=constants.SHUTDOWN_KILL_MARGIN / 2)
+
+    def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    outcomes = self._send(batch)
+                except Exception as exc:  # a bug: every websocket of the batch closes with 1011
+                    logger.exception("ws4redis: publishing %d messages failed", len(batch))
+                    outcomes = [exc] * len(batch)
+                for (listener, _, _), error in zip(batch, outcomes, strict=True):
+                    try:
+                        listener.published(error)
+                    except Exception:
+                        logger.exception("ws4redis: the websocket of %s failed after publishing",
+                                         getattr(listener, "peer", "?"))
+        finally:
+            self._worker = None
+
+    def _send(self, batch: list[tuple[Any, PublishPlan, bytes]]) -> list[Exception | None]:
+        """One round trip for the whole batch, retried once should the pooled connection be dead."""
+        packed = b"".join(item[2] for item in batch)
+        pool = self.client.connection_pool
+        failure: Exception | None = None
+        for _attempt in range(2):
+            connection = None
+            try:
+                connection = pooled_connection(pool)
+                connection.send_packed_command((packed,))
+                outcomes: list[Exception | None] = []
+                for _, plan, _ in batch:
+                    try:
+                        plan.read_replies(connection)
+                    except redis.ResponseError as exc:
+                        outcomes.append(exc)
+                    else:
+                        outcomes.append(None)
+                return outcomes
+            except (*REDIS_ERRORS, OSError) as exc:
+                failure = exc
+                if connection is not None:
+                    connection.disconnect()
+            finally:
+                if connection is not None:
+                    pool.release(connection)
+        return [failure] * len(batch)
+
+
 class WebSocketConnection:
     """One open websocket: the hub's listener, driven by libev watchers rather than a greenlet.
 
@@ -124,7 +200,7 @@ class WebSocketConnection:
     __slots__ = (
         "_fd", "protocol", "subscriber", "channels", "patterns", "echo_filter", "config", "server",
         "peer", "_state", "_queue", "_queued_bytes", "_offset", "_reader", "_watcher", "_blocked",
-        "_persisted", "_unpublished", "_plan", "_last_recv", "_last_heartbeat", "_last_ping",
+        "_persisted", "_unpublished", "_in_flight", "_plan", "_last_recv", "_last_heartbeat", "_last_ping",
         "_unanswered_since", "_closing_since", "_draining_since", "refused",
     )
 
@@ -140,9 +216,12 @@ class WebSocketConnection:
         # Without ?echo the copies of its own messages coming back are dropped (the rule of wsgi_server).
         echo_filter = None if echo else EchoFilter(subscriber.publishers, subscriber.subscribed_channels)
         self.echo_filter = echo_filter if echo_filter is not None and echo_filter.channels else None
-        # Channels, keys and expiry of what this websocket publishes, settled once (None: the
-        # subscriber has its own publish_message, called for every message).
-        self._plan: PublishPlan | None = subscriber.publish_plan() if uses_publish_plan(subscriber) else None
+        # Channels, keys and expiry of what this websocket publishes, settled once, for the
+        # server's batcher (None: the subscriber publishes its own way, message by message).
+        self._plan: PublishPlan | None = (
+            subscriber.publish_plan()
+            if uses_publish_plan(subscriber) and subscriber._connection is server.publisher.client else None
+        )
         self.config = config
         self.server = server
         self.peer = peer
@@ -154,7 +233,8 @@ class WebSocketConnection:
         self._watcher: Any = None  # the write watcher, created when the socket first fills up
         self._blocked = False  # waiting for the socket to become writable
         self._persisted: list[bytes] | None = None
-        self._unpublished: list[bytes] | None = None  # received, waiting for the publishing greenlet
+        self._unpublished: list[bytes] | None = None  # received, not handed over for publishing yet
+        self._in_flight = 0  # messages with the batcher, not yet confirmed by Redis
         self._last_recv = self._last_heartbeat = self._last_ping = time.monotonic()
         self._unanswered_since = 0.0  # when the oldest ping still without an answer went out
         self._closing_since = 0.0
@@ -362,7 +442,7 @@ class WebSocketConnection:
 
     def _resume_reading(self) -> None:
         reader = self._reader
-        if self._state < DRAINING and self._unpublished is None and not reader.active:
+        if self._state < DRAINING and self._unpublished is None and not self._in_flight and not reader.active:
             reader.start(self._on_readable)
 
     def _stop_reading(self) -> None:
@@ -410,7 +490,15 @@ class WebSocketConnection:
         self._send_frames(protocol.data_to_send())
         if self._unpublished is not None:
             self._stop_reading()  # as a blocked reader would: the socket buffers what comes next
-            gevent.spawn(self._publish_received)
+            plan = self._plan
+            if plan is None:
+                gevent.spawn(self._publish_received)
+            else:
+                messages, self._unpublished = self._unpublished, None
+                self._in_flight += len(messages)
+                submit = self.server.publisher.submit
+                for data in messages:
+                    submit(self, plan, plan.pack(data))
         elif protocol.state is State.CLOSED:
             self._end()
         else:
@@ -433,7 +521,29 @@ class WebSocketConnection:
         else:
             self._unpublished.append(data)
 
-    # --- publishing (a greenlet, only while there is something to publish) --------
+    # --- publishing -------------------------------------------------------
+
+    def published(self, error: Exception | None) -> None:
+        """The batcher's word on one submitted message: Redis took it (``error`` None) or not."""
+        self._in_flight -= 1
+        if self._state == CLOSED:
+            return
+        if error is not None and self._state <= OPEN:
+            if isinstance(error, REDIS_ERRORS):
+                logger.warning("ws4redis: cannot publish the message of %s (%s); closing with 1013",
+                               self.peer, error)
+                self.close(constants.CLOSE_TRY_AGAIN_LATER, "message not published: Redis unavailable")
+            else:
+                logger.error("ws4redis: publishing the message of %s failed (%r); closing it with 1011",
+                             self.peer, error)
+                self.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
+        if not self._in_flight:
+            if self.protocol.state is State.CLOSED:
+                self._end()
+            else:
+                self._resume_reading()
+
+    # A subscriber with its own publish_message: a greenlet, only while there is something to publish.
 
     def _publish_received(self) -> None:
         try:
@@ -459,11 +569,7 @@ class WebSocketConnection:
     def _publish(self, data: bytes) -> bool:
         """Publish one received message; False (and a 1013 close) when Redis cannot take it."""
         try:
-            plan = self._plan
-            if plan is not None:
-                plan.execute(self.subscriber._connection, data)
-            else:
-                self.subscriber.publish_message(RedisMessage(data))
+            self.subscriber.publish_message(RedisMessage(data))
         except REDIS_ERRORS as exc:
             logger.warning("ws4redis: cannot publish the message of %s (%s); closing with 1013",
                            self.peer, exc)
@@ -771,12 +877,20 @@ class WebSocketServer(WSGIServer):
         self.stopped = Event()
         self._all_released = Event()
         self._ticker: Any = None
+        self._publisher: PublishBatcher | None = None
 
     @property
     def hub(self) -> Hub:
         if self._hub is None:
             self._hub = get_hub()
         return self._hub
+
+    @property
+    def publisher(self) -> PublishBatcher:
+        """Publishes what the websockets receive, through the hub's client (its bounded pool)."""
+        if self._publisher is None:
+            self._publisher = PublishBatcher(self.hub.client)
+        return self._publisher
 
     def start(self) -> None:
         super().start()
@@ -827,6 +941,8 @@ class WebSocketServer(WSGIServer):
             self.pool.kill(block=True, timeout=constants.SHUTDOWN_KILL_MARGIN / 2)
             for connection in list(self.connections):
                 self.release(connection)
+        if self._publisher is not None:
+            self._publisher.close()
         if self._ticker is not None:
             self._ticker.stop()
             self._ticker.close()

@@ -242,12 +242,17 @@ class PublishPlan:
         length = b"$%d\r\n" % len(message)
         return b"".join(b"".join((head, length, message, tail)) for head, tail in self._commands)
 
+    @property
+    def replies(self) -> int:
+        """How many replies Redis sends for one packed message."""
+        return len(self._publishes)
+
     def execute(self, client: Any, message: bytes) -> int:
         """Send the commands for ``message`` through ``client``'s pool; returns the PUBLISH receivers."""
         if not self._commands:
             return 0
         pool = client.connection_pool
-        connection = pool.get_connection("PUBLISH") if _POOL_NEEDS_COMMAND_NAME else pool.get_connection()
+        connection = pooled_connection(pool)
         packed = self.pack(message)
         try:
             return connection.retry.call_with_retry(
@@ -258,12 +263,20 @@ class PublishPlan:
 
     def _round_trip(self, connection: Any, packed: bytes) -> int:
         connection.send_packed_command((packed,))
+        return self.read_replies(connection)
+
+    def read_replies(self, connection: Any) -> int:
+        """Read the replies to one packed message; returns the receivers.
+
+        A ResponseError is raised only once every reply is read, so the
+        connection stays in step for the commands pipelined after these.
+        """
         receivers = 0
         failure: redis.ResponseError | None = None
         for counts in self._publishes:
             try:
                 reply = connection.read_response()
-            except redis.ResponseError as exc:  # read the other replies too: the connection stays in step
+            except redis.ResponseError as exc:
                 failure = failure or exc
                 continue
             if counts:
@@ -271,6 +284,11 @@ class PublishPlan:
         if failure is not None:
             raise failure
         return receivers
+
+
+def pooled_connection(pool: redis.ConnectionPool) -> Any:
+    """A connection from ``pool``, asked for the way the installed redis-py wants."""
+    return pool.get_connection("PUBLISH") if _POOL_NEEDS_COMMAND_NAME else pool.get_connection()
 
 
 def uses_publish_plan(store: Any) -> bool:
