@@ -186,7 +186,6 @@ def test_echo_mode_counts_every_round_trip(echo_server):
     assert server["cpu_per_delivered_message_us"] > 0
 
 
-
 @contextmanager
 def serving_gevent(redis_url: str, *options: str) -> Iterator[ServerProcess]:
     """ws4redis's gevent server (websockets only) on ``redis_url``, stopped and cleaned up afterwards."""

@@ -20,7 +20,6 @@ from any loop:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module
@@ -47,7 +46,6 @@ __all__ = [
     "requested_channels",
 ]
 
-logger = logging.getLogger("ws4redis")
 
 @dataclass
 class Negotiation:
