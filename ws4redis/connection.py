@@ -110,7 +110,12 @@ def create_pubsub(client: redis.Redis | None = None) -> redis.client.PubSub:
 
 
 def close_connection_pools() -> None:
-    """Disconnect and forget every pool this module made (tests, server shutdown)."""
+    """Disconnect and forget every pool this module made.
+
+    The pools are keyed by WS4REDIS_CONNECTION and live as long as the
+    process; this lets code that points the setting at a short-lived server
+    (tests) drop the pools of a server that is gone.
+    """
     with _lock:
         pools = [*_shared_pools.values(), *_pubsub_pools.values()]
         _shared_pools.clear()
