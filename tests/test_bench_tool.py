@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.echo_server import start_echo, stop_echo
 from tests.polling import wait_until
 from tests.servers import ServerProcess, Site, serving
 from ws4redis import constants
@@ -142,34 +143,19 @@ def test_process_tree_sums_cpu_and_memory_of_forked_workers():
 
 
 @pytest.fixture
-def echo_server():
+def echo_server(tmp_path):
     """``python -m ws4redis.echo`` on a free port, with the environment of the test run."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ws4redis.echo", "--bind", "127.0.0.1:0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    server = start_echo(tmp_path)
     try:
-        line = process.stdout.readline()
-        if not line.startswith("listening on "):
-            pytest.fail(f"the echo server did not start: {line!r}", pytrace=False)
-        process.address = line.split()[-1]
-        yield process
+        yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_echo(server.proc)
 
 
 def test_echo_mode_counts_every_round_trip(echo_server):
     report, _ = bench(
         f"ws://{echo_server.address}/", "--mode", "echo", "-n", "5", "-m", "1000", "-s", "200",
-        "--server-pid", str(echo_server.pid),
+        "--server-pid", str(echo_server.proc.pid),
     )
     assert report["connected"] == 5
     assert report["published"] == report["expected"] == 5000
@@ -180,7 +166,7 @@ def test_echo_mode_counts_every_round_trip(echo_server):
     assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
     assert report["delivered_per_second"] > 0 and report["connections_per_second"] > 0
     server = report["server"]
-    assert server["pid"] == echo_server.pid and server["processes"] == 1
+    assert server["pid"] == echo_server.proc.pid and server["processes"] == 1
     assert server["rss_after_connect_bytes"] > 0
     assert server["cpu_seconds"] > 0  # 5,000 round trips cost the server well over one clock tick
     assert server["cpu_per_delivered_message_us"] > 0

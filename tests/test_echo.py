@@ -7,72 +7,28 @@ The subprocess inherits the environment, so the pure run of the suite
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import connect
 
+from tests.echo_server import ROOT, EchoProcess, start_echo, stop_echo
 from tests.wire import client_frame
 from ws4redis import constants
 from ws4redis.handshake import NOT_A_WEBSOCKET_REQUEST
 from ws4redis.speedups import Frame, FrameParser, encode_frame
 
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 30.0
 MIB = 1 << 20
 TEXT, BINARY, CONT = constants.OP_TEXT, constants.OP_BINARY, constants.OP_CONTINUATION
 CLOSE, PING, PONG = constants.OP_CLOSE, constants.OP_PING, constants.OP_PONG
 
 # The codes the websockets library lets a client send, plus the edges of the private ranges.
 SENDABLE = sorted(constants.SENDABLE_CLOSE_CODES) + [3000, 3999, 4000, 4999]
-
-
-class EchoProcess:
-    def __init__(self, proc: subprocess.Popen, host: str, port: int, log: Path) -> None:
-        self.proc, self.host, self.port, self.log = proc, host, port, log
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}/ws/echo"
-
-
-def start_echo(tmp_path: Path, *args: str) -> EchoProcess:
-    """Start the server on a free port and wait for its "listening on" line (fail loudly otherwise)."""
-    log = tmp_path / f"echo-{time.monotonic_ns()}.log"
-    with open(log, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ws4redis.echo", "--bind", "127.0.0.1:0", *args],
-            cwd=ROOT,
-            env=dict(os.environ),
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-    ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
-    line = proc.stdout.readline().decode() if ready else ""
-    if not line.startswith("listening on "):
-        stop_echo(proc)
-        pytest.fail(f"ws4redis.echo did not start: {line!r}\n{log.read_text()}", pytrace=False)
-    host, _, port = line.split()[-1].rpartition(":")
-    return EchoProcess(proc, host, int(port), log)
-
-
-def stop_echo(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

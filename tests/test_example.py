@@ -28,7 +28,7 @@ import pytest
 import redis
 from websockets.sync.client import connect
 
-from ws4redis.embedded_redis import free_port, redis_answers
+from ws4redis.embedded_redis import free_port, redis_answers, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_PY = ROOT / "examples" / "run.py"
@@ -87,13 +87,7 @@ class RunPy:
                 self._changed.wait(min(remaining, 0.5))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, TIMEOUT)
 
 
 @pytest.fixture(scope="module")
