@@ -62,7 +62,9 @@ def cython_imports(path: Path) -> set[str]:
     """Module names after ``import``, ``from ... import`` and ``cimport`` at the start of a line."""
     # Docstrings go first: their prose may start a line with "import".
     code = re.sub(r'""".*?"""', "", path.read_text(), flags=re.DOTALL)
-    pattern = re.compile(r"^\s*(?:from\s+([\w.]+)\s+c?import\s+\(?([\w, ]*)|c?import\s+([\w.]+))", re.MULTILINE)
+    pattern = re.compile(
+        r"^\s*(?:from\s+([\w.]+)\s+c?import\s+\(?([\w, ]*)|c?import\s+([\w.]+))", re.MULTILINE
+    )
     imported = set()
     for source, names, module in pattern.findall(code):
         if module:
