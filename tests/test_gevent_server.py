@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from tests.servers import (
     ROOT,
     ServerProcess,
     Site,
+    client_frame,
     gevent_server,
     http_request,
     raw_upgrade,
@@ -34,9 +36,11 @@ from tests.servers import (
     serving,
 )
 from tests.servers import ws_connect as ws
+from ws4redis import constants
 from ws4redis.embedded_redis import free_port
 from ws4redis.protocol import CloseReceived, Message, WebSocketProtocol
 from ws4redis.publisher import RedisPublisher
+from ws4redis.redis_store import PublishPlan
 
 URLS_MODULE = "gevent_site_urls"
 URLS = '''
@@ -423,3 +427,62 @@ def test_a_client_vanishing_without_close_releases_its_channel(clean_server, red
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()  # linger 0: a TCP reset, no close frame
     wait_until(lambda: not subscribed_clients(redis_client), what="the channel released")
+
+
+# --- publishing what websockets receive --------------------------------------------------------
+
+
+def test_the_publish_plan_packs_what_redis_py_would_and_keeps_the_message(redis_client):
+    message = b"caf\xc3\xa9 \r\n$3\r\n not a header"
+    plan = PublishPlan(["broadcast:plan-b", "broadcast:plan-a"], 60)
+    expected = redis.Connection().pack_commands([
+        ("SET", "broadcast:plan-a", message, "EX", 60), ("PUBLISH", "broadcast:plan-a", message),
+        ("SET", "broadcast:plan-b", message, "EX", 60), ("PUBLISH", "broadcast:plan-b", message),
+    ])
+    assert plan.pack(message) == b"".join(expected)
+    listening = redis_client.pubsub()
+    listening.subscribe("broadcast:plan-a")
+    try:
+        assert listening.get_message(timeout=10)["type"] == "subscribe"
+        assert plan.execute(redis_client, message) == 1
+        assert redis_client.get("broadcast:plan-a") == redis_client.get("broadcast:plan-b") == message
+        assert 0 < redis_client.ttl("broadcast:plan-a") <= 60
+    finally:
+        listening.close()
+    # Without expiry only PUBLISH goes out, and nothing is kept.
+    fleeting = PublishPlan(["broadcast:plan-c"], 0)
+    only_publish = redis.Connection().pack_commands([("PUBLISH", "broadcast:plan-c", b"x")])
+    assert fleeting.pack(b"x") == b"".join(only_publish)
+    assert fleeting.execute(redis_client, b"x") == 0
+    assert redis_client.exists("broadcast:plan-c") == 0
+
+
+def test_bursts_from_many_websockets_are_all_published_in_order(clean_server):
+    senders, rounds = 8, 60
+    with ExitStack() as stack:
+        listener = stack.enter_context(ws(clean_server, "/ws/burst?subscribe-broadcast"))
+        talkers = [stack.enter_context(ws(clean_server, "/ws/burst?publish-broadcast"))
+                   for _ in range(senders)]
+        for number in range(rounds):
+            for index, talker in enumerate(talkers):
+                talker.send(f"{index}:{number}")
+        received = [listener.recv(timeout=10) for _ in range(senders * rounds)]
+    by_sender: dict[str, list[int]] = {}
+    for text in received:
+        index, number = text.split(":")
+        by_sender.setdefault(index, []).append(int(number))
+    assert by_sender == {str(index): list(range(rounds)) for index in range(senders)}
+
+
+@pytest.mark.parametrize("query", ["publish-broadcast", "subscribe-broadcast"])
+def test_the_tcp_connection_is_closed_right_after_the_close_handshake(clean_server, query):
+    # The descriptor once went through gevent's os.close, which defers the close to the next wake-up
+    # of an idle loop (the keepalive tick, 10 s by default): the client waited for the FIN that long.
+    sock, initial = raw_upgrade(clean_server, f"/ws/bye?{query}", timeout=5)
+    with sock:
+        sock.sendall(client_frame(constants.OP_CLOSE, struct.pack("!H", constants.CLOSE_NORMAL)))
+        protocol = WebSocketProtocol(client=True)
+        events = list(protocol.receive_data(initial)) if initial else []
+        while chunk := sock.recv(4096):  # a TimeoutError here fails the test
+            events.extend(protocol.receive_data(chunk))
+    assert [event.code for event in events if isinstance(event, CloseReceived)] == [constants.CLOSE_NORMAL]

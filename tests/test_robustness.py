@@ -273,3 +273,29 @@ def test_redis_restarting_mid_stream_keeps_clients_and_resumes_delivery(clean_se
     assert "restored after a" in log and "persisted messages re-sent" in log
     redis_client.flushall()
     redis_client.save()
+
+
+def test_a_message_redis_refuses_to_keep_closes_its_sender_with_1011_and_spares_the_others(
+        clean_server, redis_client):
+    mark = clean_server.mark()
+    policy = redis_client.config_get("maxmemory-policy")["maxmemory-policy"]
+    with ws(clean_server, "/ws/refused?subscribe-broadcast") as listener, \
+            ws(clean_server, "/ws/refused?publish-broadcast") as sender, \
+            ws(clean_server, "/ws/refused?publish-broadcast") as bystander:
+        redis_client.config_set("maxmemory-policy", "noeviction")
+        redis_client.config_set("maxmemory", 1)  # SET is refused ("OOM"), PUBLISH still goes through
+        try:
+            sender.send("not kept")
+            with pytest.raises(ConnectionClosed) as closed:
+                sender.recv(timeout=10)
+            assert closed.value.rcvd.code == constants.CLOSE_INTERNAL_ERROR
+        finally:
+            redis_client.config_set("maxmemory", 0)
+            redis_client.config_set("maxmemory-policy", policy)
+        # SET EX and PUBLISH are pipelined without MULTI: delivered live, but not kept.
+        assert listener.recv(timeout=10) == "not kept"
+        assert redis_client.get("broadcast:refused") is None
+        bystander.send("kept")
+        assert listener.recv(timeout=10) == "kept"
+    assert redis_client.get("broadcast:refused") == b"kept"
+    assert "publishing the message of" in clean_server.output_since(mark)
