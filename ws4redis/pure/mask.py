@@ -21,7 +21,7 @@ def _key_bytes(key: BytesLike) -> bytes:
     """The mask key as exactly four bytes, or a ValueError naming the problem."""
     raw = key if type(key) is bytes else memoryview(key).tobytes()
     if len(raw) != MASK_KEY_LENGTH:
-        raise ValueError(f"a websocket mask key is exactly 4 bytes, got {len(raw)}")
+        raise ValueError(f"a websocket mask key is exactly {MASK_KEY_LENGTH} bytes, got {len(raw)}")
     return raw
 
 
