@@ -26,6 +26,7 @@ import threading
 import time
 
 from ws4redis import constants, speedups
+from ws4redis.__main__ import address_family, parse_bind
 from ws4redis.exceptions import ConnectionClosed, HandshakeError
 from ws4redis.handshake import (
     error_response,
@@ -36,7 +37,7 @@ from ws4redis.handshake import (
 )
 from ws4redis.websocket import WebSocket
 
-__all__ = ["EchoServer", "main", "parse_bind", "parse_size"]
+__all__ = ["EchoServer", "main", "parse_size"]
 
 logger = logging.getLogger("ws4redis.echo")
 
@@ -61,15 +62,6 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise ValueError(f"a size must be positive, got {text!r}")
     return size
-
-
-def parse_bind(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT`` as a (host, port) pair."""
-    host, colon, port = text.rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--bind wants HOST:PORT, got {text!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
 
 
 class _Client:
@@ -100,7 +92,9 @@ class EchoServer:
         self.max_fragments = max_fragments
         self.handshake_timeout = handshake_timeout
         self.shutdown_timeout = shutdown_timeout
-        self.listener = socket.create_server((host, port), family=_family(host), backlog=128)
+        self.listener = socket.create_server(
+            (host, port), family=address_family(host), backlog=constants.SERVER_LISTEN_BACKLOG
+        )
         self.address = self.listener.getsockname()[:2]
         self._clients: dict[threading.Thread, _Client] = {}
         self._lock = threading.Lock()
@@ -226,10 +220,6 @@ class EchoServer:
                 return
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
     try:
         sock.sendall(data)
@@ -278,7 +268,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", "-v", action="store_true", help="log every connection at debug level")
     args = parser.parse_args(argv)
     try:
-        args.bind = parse_bind(args.bind)
+        # Only the loopback interface unless asked: this is a test and benchmark target.
+        args.bind = parse_bind(args.bind, empty_host="127.0.0.1", any_port=True)
     except ValueError as exc:
         parser.error(str(exc))
     try:
