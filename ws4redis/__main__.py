@@ -157,6 +157,8 @@ class Supervisor:
                     signal.signal(signum, signal.SIG_DFL)
                 status = run_worker_process(self.listener, self.websocket_only)
             except BaseException:
+                # A forked worker must never unwind into the supervisor's code
+                # (it would run a second supervisor): report, then _exit(1).
                 traceback.print_exc()
             finally:
                 sys.stdout.flush()
