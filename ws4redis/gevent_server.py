@@ -1,4 +1,4 @@
-"""The production websocket server: gevent, one greenlet per websocket, one Redis pub/sub per process.
+"""The production websocket server: gevent, no greenlet per open websocket, one Redis pub/sub per process.
 
 Every accepted connection is handled by :class:`WebSocketHandler`. The first
 request head is read here, with the limits of ``ws4redis.handshake`` (431/414
@@ -9,13 +9,17 @@ for oversized heads, 408 when it takes longer than WS4REDIS_HANDSHAKE_TIMEOUT):
 * anything else goes to the Django WSGI application through gevent's
   pywsgi (keep-alive included), or gets 404 with ``websocket_only``.
 
-An open websocket is a :class:`WebSocketConnection`: its handler greenlet
-reads and parses frames (``ws4redis.protocol`` over the compiled core) and
-publishes through the subscriber; live messages arrive from the process's
-:class:`ws4redis.hub.Hub`, already framed, and are written with non-blocking
-``os.writev`` from a bounded queue. A client that cannot keep up is closed
-with 1008 instead of growing the process. There is no second greenlet per
-connection: a blocked socket is resumed by a libev write watcher.
+An open websocket is a :class:`WebSocketConnection`. Its handler greenlet
+ends with the 101 response (and with it the request, the session and the
+greenlet's stack): from then on a libev read watcher parses frames
+(``ws4redis.protocol`` over the compiled core), one timer per process looks
+after silent websockets, and received messages go to the process's
+:class:`PublishBatcher`, which pipelines them to Redis. Live messages arrive
+from the process's :class:`ws4redis.hub.Hub`, already framed, and are
+written with non-blocking ``os.writev`` from a bounded queue; a blocked
+socket is resumed by a libev write watcher. A client that cannot keep up is
+closed with 1008 instead of growing the process. An idle websocket thus
+costs a few small objects (about 3 KiB of RSS), no greenlet.
 
 This module expects gevent's monkey-patching to be done (``python -m ws4redis
 serve`` and ``manage.py runwebsocket`` do it before Django and redis-py are
@@ -31,6 +35,7 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -116,12 +121,20 @@ class PublishBatcher:
     needs a greenlet of its own to publish.
     """
 
-    __slots__ = ("client", "_waiting", "_worker")
+    __slots__ = ("client", "_waiting", "_worker", "_plans")
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._waiting: list[tuple[Any, PublishPlan, bytes]] = []
         self._worker: gevent.Greenlet | None = None
+        # Websockets publishing to the same channels share one plan (thousands on one broadcast, say).
+        self._plans: weakref.WeakValueDictionary[tuple[tuple[str, ...], int], PublishPlan] = \
+            weakref.WeakValueDictionary()
+
+    def plan_for(self, subscriber: Any) -> PublishPlan:
+        """The plan of ``subscriber``'s publish channels and expiry, shared with every equal one."""
+        plan = subscriber.publish_plan()
+        return self._plans.setdefault((plan.channels, plan.expire), plan)
 
     def submit(self, listener: Any, plan: PublishPlan, packed: bytes) -> None:
         """Queue ``packed`` (``plan.pack(message)``); ``listener.published(error)`` follows."""
@@ -192,9 +205,11 @@ class WebSocketConnection:
 
     Once the 101 response is out, the handler greenlet ends: a libev read
     watcher parses whatever arrives, the server's ticker looks after silent
-    websockets, and a greenlet is spawned only while received messages are
-    being published (reading pauses meanwhile, as a blocked reader would).
-    An idle websocket thus costs a few small objects, no greenlet stack.
+    websockets, and received messages go to the server's
+    :class:`PublishBatcher`; reading pauses until Redis has taken them, as a
+    blocked reader would. (A subscriber with its own ``publish_message`` gets
+    a greenlet while it publishes.) An idle websocket thus costs a few small
+    objects, no greenlet stack.
     """
 
     __slots__ = (
@@ -218,9 +233,10 @@ class WebSocketConnection:
         self.echo_filter = echo_filter if echo_filter is not None and echo_filter.channels else None
         # Channels, keys and expiry of what this websocket publishes, settled once, for the
         # server's batcher (None: the subscriber publishes its own way, message by message).
+        publisher = server.publisher
         self._plan: PublishPlan | None = (
-            subscriber.publish_plan()
-            if uses_publish_plan(subscriber) and subscriber._connection is server.publisher.client else None
+            publisher.plan_for(subscriber)
+            if uses_publish_plan(subscriber) and subscriber._connection is publisher.client else None
         )
         self.config = config
         self.server = server
@@ -493,6 +509,9 @@ class WebSocketConnection:
             plan = self._plan
             if plan is None:
                 gevent.spawn(self._publish_received)
+            elif not plan.replies:  # no publish channel: the messages go nowhere, as in 0.6.0
+                self._unpublished = None
+                self._resume_reading()
             else:
                 messages, self._unpublished = self._unpublished, None
                 self._in_flight += len(messages)

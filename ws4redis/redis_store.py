@@ -218,7 +218,7 @@ class PublishPlan:
     back on the same pooled connection, without MULTI/EXEC.
     """
 
-    __slots__ = ("channels", "expire", "_commands", "_publishes")
+    __slots__ = ("channels", "expire", "_commands", "_publishes", "__weakref__")
 
     def __init__(self, channels: Iterable[str], expire: int) -> None:
         self.channels: tuple[str, ...] = tuple(sorted(channels))
