@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import connect
 
 from tests.echo_server import ROOT, EchoProcess, start_echo, stop_echo
-from tests.wire import client_frame
+from tests.wire import RFC_ACCEPT, RFC_KEY, client_frame
 from ws4redis import constants
 from ws4redis.handshake import NOT_A_WEBSOCKET_REQUEST
 from ws4redis.speedups import Frame, FrameParser, encode_frame
@@ -68,7 +68,7 @@ def http_exchange(server: EchoProcess, request: bytes) -> tuple[int, dict[str, s
 
 UPGRADE = (
     "GET /ws/echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    f"Sec-WebSocket-Key: {RFC_KEY}\r\nSec-WebSocket-Version: 13\r\n"
 )
 
 
@@ -85,7 +85,7 @@ class RawClient:
             data += chunk
         head, _, rest = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 ")
-        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+        assert f"Sec-WebSocket-Accept: {RFC_ACCEPT}".encode() in head
         self.parser = FrameParser(require_mask=False, max_message_size=64 * MIB)
         self.frames = self.parser.feed(rest)
 
@@ -280,8 +280,8 @@ def test_unsupported_version_gets_426(echo):
 @pytest.mark.parametrize(
     ("request_bytes", "status", "words"),
     [
-        (UPGRADE.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "") + "\r\n", 400, "Key"),
-        (UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short") + "\r\n", 400, "16 bytes"),
+        (UPGRADE.replace(f"Sec-WebSocket-Key: {RFC_KEY}\r\n", "") + "\r\n", 400, "Key"),
+        (UPGRADE.replace(RFC_KEY, "short") + "\r\n", 400, "16 bytes"),
         (UPGRADE.replace("Connection: Upgrade", "Connection: close") + "\r\n", 400, "Connection"),
         (UPGRADE.replace("GET", "POST", 1) + "\r\n", 405, "GET"),
         ("NONSENSE\r\n\r\n", 400, "request line"),

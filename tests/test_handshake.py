@@ -9,6 +9,7 @@ import base64
 
 import pytest
 
+from tests.wire import RFC_ACCEPT, RFC_KEY
 from ws4redis import constants
 from ws4redis.exceptions import HandshakeError, UpgradeRequiredError
 from ws4redis.handshake import (
@@ -23,9 +24,6 @@ from ws4redis.handshake import (
     upgrade_response,
     validate_upgrade,
 )
-
-RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # section 1.3
-RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
 def good_headers(**changes: str | None) -> dict[str, str]:
@@ -193,7 +191,7 @@ REQUEST = (
     b"Host: localhost:8000\r\n"
     b"Upgrade: websocket\r\n"
     b"Connection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Key: " + RFC_KEY.encode() + b"\r\n"
     b"Sec-WebSocket-Version:13\r\n"
     b"X-Multi: a\r\n"
     b"x-multi: b\r\n"

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests import servers
+from tests.wire import RFC_KEY
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def upgrade_environ(path: str, query: str) -> dict:
         "QUERY_STRING": query,
         "HTTP_UPGRADE": "websocket",
         "HTTP_CONNECTION": "Upgrade",
-        "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
+        "HTTP_SEC_WEBSOCKET_KEY": RFC_KEY,
         "HTTP_SEC_WEBSOCKET_VERSION": "13",
         "wsgi.input": io.BytesIO(),
     }
@@ -54,7 +55,7 @@ def test_without_threads_websockets_get_a_readable_500(site):
         status, headers, body = servers.http_request(
             server.port, "GET", "/ws/foo?subscribe-broadcast",
             {"Upgrade": "websocket", "Connection": "Upgrade",
-             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13"},
+             "Sec-WebSocket-Key": RFC_KEY, "Sec-WebSocket-Version": "13"},
         )
         assert status == 500
         assert headers["content-type"].startswith("text/plain")

@@ -7,6 +7,10 @@ import os
 from ws4redis import constants
 from ws4redis.speedups import encode_frame
 
+# The handshake example of RFC 6455, section 1.3: a client's key and the server's answer to it.
+RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
 
 def client_frame(opcode: int, payload: bytes = b"", fin: bool = True, **options: bool) -> bytes:
     """One frame masked with a fresh key, as RFC 6455 requires of clients; no rule is checked.
