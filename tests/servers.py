@@ -213,9 +213,13 @@ def uwsgi_binary() -> str:
 
 def uwsgi(
     site: Site, gevent: int = 1000, extra: list[str] | None = None,
-    monkey_patch: str = "--gevent-early-monkey-patch",
+    monkey_patch: str = "--gevent-early-monkey-patch", workers: int = 1,
 ) -> ServerProcess:
-    """One uWSGI worker with gevent, its HTTP router in front, serving ws4redis.uwsgi_runserver."""
+    """uWSGI workers with gevent, its HTTP router in front, serving ws4redis.uwsgi_runserver.
+
+    One worker runs in the started process itself; more are forked by a master (``--master``),
+    which loads the application before forking, as production setups do.
+    """
     port = free_port()
     args = [
         uwsgi_binary(),
@@ -226,7 +230,8 @@ def uwsgi(
         "--virtualenv", sys.prefix,
         "--chdir", str(ROOT),
         "--module", "ws4redis.uwsgi_runserver:application",
-        "--processes", "1",
+        "--processes", str(workers),
+        *(["--master"] if workers > 1 else []),
         "--need-app",
         "--die-on-term",
         "--disable-logging",

@@ -1,7 +1,7 @@
 """What is particular to uWSGI: start-up checks, and a thousand websockets on one gevent worker.
 
-The websocket behaviour itself is tested under uWSGI and under the
-development server in tests/test_wsgi_server.py.
+The websocket behaviour itself is tested under uWSGI, the gevent server and
+the development server in tests/test_wsgi_server.py (Redis restarts there too).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from contextlib import ExitStack
 
 import pytest
 import redis
@@ -44,8 +45,57 @@ def test_a_bad_setting_stops_uwsgi_at_start_up(redis_server):
         site.cleanup()
 
 
-async def _thousand_clients(port: int, sessions: list[str], facility: str, redis_url: str) -> None:
-    """Every client subscribes to its session channel and the broadcast; each gets its own message."""
+def in_pubsub_mode(clients: list[dict]) -> list[dict]:
+    """The entries of CLIENT LIST subscribed to at least one channel or pattern."""
+    return [client for client in clients if int(client["sub"]) or int(client["psub"])]
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and its children (uWSGI forks its HTTP router, and workers under --master)."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/status") as status:
+                    if f"PPid:\t{pid}\n" in status.read():
+                        children.add(int(entry))
+            except FileNotFoundError:
+                continue  # gone meanwhile
+    return {pid, *children}
+
+
+def test_each_worker_forked_by_the_master_gets_its_own_hub(redis_server):
+    """The application is loaded in the master; each worker creates its hub after the fork."""
+    facility = f"forked{uuid.uuid4().hex[:8]}"
+    site = servers.Site(redis_server.url)
+    store = redis.Redis(host=redis_server.host, port=redis_server.port)
+    try:
+        with servers.serving(servers.uwsgi(site, workers=2)) as server, ExitStack() as stack:
+            path = f"/ws/{facility}?subscribe-broadcast"
+            clients = [stack.enter_context(servers.ws_connect(server, path)) for _ in range(20)]
+            hubs = in_pubsub_mode(store.client_list())
+            names = [hub["name"].partition(":") for hub in hubs]
+            assert {name for name, _, _ in names} == {"ws4redis-hub"}, hubs
+            pids = {int(pid) for _, _, pid in names}
+            assert len(pids) == len(hubs) <= 2
+            workers = process_tree(server.process.pid) - {server.process.pid}
+            assert pids <= workers, f"hubs {pids} do not belong to the forked workers {workers}"
+            # One subscription per worker that serves a client, however many clients it serves.
+            assert store.publish(f"broadcast:{facility}", "to every worker") == len(pids)
+            assert [client.recv(timeout=TIMEOUT) for client in clients] == ["to every worker"] * 20
+            assert not server.tracebacks(), server.tracebacks()
+    finally:
+        store.close()
+        site.cleanup()
+
+
+async def _thousand_clients(port: int, sessions: list[str], facility: str, redis_url: str,
+                            uwsgi_pids: set[int]) -> None:
+    """Every client subscribes to its session channel and the broadcast; each gets its own message.
+
+    While they are all open, the worker holds exactly one Redis pub/sub connection: its hub,
+    subscribed to the thousand session channels and the broadcast channel.
+    """
     uri = f"ws://127.0.0.1:{port}/ws/{facility}?subscribe-session&subscribe-broadcast"
     gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
 
@@ -63,12 +113,18 @@ async def _thousand_clients(port: int, sessions: list[str], facility: str, redis
     clients = []
     try:
         clients = await asyncio.gather(*(open_client(session) for session in sessions))
+        pubsub = in_pubsub_mode(await store.client_list())
+        assert len(pubsub) == 1, f"{len(pubsub)} pub/sub connections for one worker: {pubsub[:3]}"
+        name, _, pid = pubsub[0]["name"].partition(":")
+        assert name == "ws4redis-hub" and int(pid) in uwsgi_pids, pubsub[0]
+        assert int(pubsub[0]["sub"]) == len(sessions) + 1
         pipe = store.pipeline(transaction=False)
         for number, session in enumerate(sessions):
             pipe.publish(f"session:{session}:{facility}", f"for client {number}")
+        # PUBLISH counts Redis subscribers: the hub, once per channel.
         assert await pipe.execute() == [1] * len(sessions)
         # Published last: a client that got anybody else's message would see it before this one.
-        assert await store.publish(f"broadcast:{facility}", "everyone") == len(sessions)
+        assert await store.publish(f"broadcast:{facility}", "everyone") == 1
         received = await asyncio.wait_for(asyncio.gather(*(two_messages(ws) for ws in clients)), TIMEOUT)
         wrong = {n: got for n, got in enumerate(received) if got != [f"for client {n}", "everyone"]}
         assert not wrong, f"{len(wrong)} clients got the wrong messages, e.g. {list(wrong.items())[:3]}"
@@ -86,15 +142,18 @@ def test_a_thousand_clients_on_one_worker_each_get_only_their_own_message(redis_
         sessions = site.sessions(anonymous=CLIENTS)["anonymous"]
         server = servers.uwsgi(site, gevent=2 * CLIENTS, extra=["--listen", "1024"])
         with servers.serving(server):
-            asyncio.run(_thousand_clients(server.port, sessions, facility, redis_server.url))
+            uwsgi_pids = process_tree(server.process.pid)
+            asyncio.run(_thousand_clients(server.port, sessions, facility, redis_server.url, uwsgi_pids))
             channels = [f"session:{session}:{facility}" for session in sessions] + [f"broadcast:{facility}"]
             store = redis.Redis(host=redis_server.host, port=redis_server.port)
             try:
                 counts = servers.wait_unsubscribed(store, channels)
+                left = {name: count for name, count in counts.items() if count}
+                assert not left, f"subscriptions left after the clients closed: {list(left.items())[:5]}"
+                # The hub stays connected for the next websockets, subscribed to nothing.
+                assert in_pubsub_mode(store.client_list()) == []
             finally:
                 store.close()
-            left = {name: count for name, count in counts.items() if count}
-            assert not left, f"subscriptions left after the clients closed: {list(left.items())[:5]}"
             assert not server.tracebacks(), server.tracebacks()
     finally:
         site.cleanup()

@@ -1,9 +1,15 @@
-"""The websocket server's behaviour, the same under Django's development server and under uWSGI.
+"""The websocket server's behaviour, the same under Django's development server, uWSGI and the gevent server.
 
 Every test talks to real server subprocesses (tests/servers.py) over real
 sockets, with the suite's redis-server, using the ``websockets`` client, or
 raw sockets where the input must be malformed. Each test uses its own
 facility, so messages kept in Redis by one test never reach another.
+
+The servers differ by design in one respect: the development server gives
+each websocket its own Redis pub/sub connection (0.6.0's loop), while uWSGI
+and the gevent server carry all websockets of a process over one (the hub,
+``ws4redis.hub``). Where that shows (how many receivers PUBLISH counts, what
+happens while Redis is away) the expectation is stated per server kind.
 
 Two settings variants ("sites") run under each server:
 
@@ -55,7 +61,14 @@ SITES = {
         "prefix": "pfx:",
     },
 }
-KINDS = {"runserver": (), "uwsgi": (pytest.mark.uwsgi,)}
+KINDS = {"runserver": (), "uwsgi": (pytest.mark.uwsgi,), "gevent": ()}
+# Servers carrying every websocket of a process over one Redis pub/sub connection.
+HUB_KINDS = ("uwsgi", "gevent")
+
+
+def kinds(*names: str) -> list:
+    """Parameters for a test that starts its own server of each of the given kinds (default: all)."""
+    return [pytest.param(kind, marks=KINDS[kind]) for kind in names or KINDS]
 
 
 def setups(*site_names: str) -> list:
@@ -112,6 +125,7 @@ class Live:
     """One running server with its site, as a test sees it."""
 
     server: servers.ServerProcess
+    kind: str
     site_name: str
     sessions: dict
     store: redis.Redis
@@ -159,7 +173,7 @@ class Live:
 def _live(request, pool, sites, store) -> Live:
     kind, site_name = request.param
     server = pool.get(kind, site_name)
-    return Live(server, site_name, sites[site_name][1], store, server.mark())
+    return Live(server, kind, site_name, sites[site_name][1], store, server.mark())
 
 
 @pytest.fixture(params=setups(*SITES))
@@ -436,7 +450,9 @@ def test_fifty_clients_receive_one_broadcast_and_leave_no_subscription(live, fac
         clients = [stack.enter_context(live.connect(path)) for _ in range(40)]
         # Closed without a close frame: the server must notice the dead connections itself.
         aborted = [stack.enter_context(servers.raw_upgrade(live.server, path)[0]) for _ in range(10)]
-        assert live.store.publish(channel, "to all fifty") == 50
+        # PUBLISH counts Redis subscribers: the hub is one, however many websockets it serves.
+        receivers = 1 if live.kind in HUB_KINDS else 50
+        assert live.store.publish(channel, "to all fifty") == receivers
         assert [live.recv(ws) for ws in clients] == ["to all fifty"] * 40
         for sock in aborted:
             events = servers.read_frames(sock, count=1)
@@ -493,9 +509,28 @@ def test_select_hook_handles_descriptors_above_1024():
 
 
 # --- Redis going away --------------------------------------------------------------------------------
+#
+# Deliberately different per server. The development server's loop waits on each websocket's own
+# pub/sub connection: when it breaks there is nothing left to deliver from, so the websocket is
+# closed with 1011. With a hub (uWSGI, gevent server) the websockets do not depend on a connection
+# of their own: they stay open while the hub reconnects, then get the persisted messages again and
+# the live ones. Either way a new websocket is refused with 503 while Redis is away, because it
+# could not be subscribed, and plain HTTP goes on.
 
 
-@pytest.mark.parametrize("kind", [pytest.param(kind, marks=marks) for kind, marks in KINDS.items()])
+def upgrade_status(server: servers.ServerProcess, path: str) -> tuple[int, bytes]:
+    status, _headers, body = servers.http_request(server.port, "GET", path, upgrade_headers())
+    return status, body
+
+
+def wait_for(predicate, what: str, limit: float = RECV_TIMEOUT) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached within {limit} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("kind", kinds(*(kind for kind in KINDS if kind not in HUB_KINDS)))
 def test_redis_going_away_closes_with_1011_and_later_requests_get_503(kind):
     from ws4redis.embedded_redis import EmbeddedRedis
 
@@ -509,9 +544,7 @@ def test_redis_going_away_closes_with_1011_and_later_requests_get_503(kind):
                         ws.recv(timeout=RECV_TIMEOUT)
                     assert closed.value.rcvd is not None
                     assert closed.value.rcvd.code == constants.CLOSE_INTERNAL_ERROR
-                status, _headers, body = servers.http_request(
-                    server.port, "GET", "/ws/doomed?subscribe-broadcast", upgrade_headers()
-                )
+                status, body = upgrade_status(server, "/ws/doomed?subscribe-broadcast")
                 assert status == 503
                 assert b"message broker is unreachable" in body
                 assert servers.http_request(server.port, "GET", "/ping")[::2] == (200, b"pong")
@@ -521,7 +554,48 @@ def test_redis_going_away_closes_with_1011_and_later_requests_get_503(kind):
             site.cleanup()
 
 
-@pytest.mark.parametrize("kind", [pytest.param(kind, marks=marks) for kind, marks in KINDS.items()])
+@pytest.mark.parametrize("kind", kinds(*HUB_KINDS))
+def test_redis_restarting_keeps_hub_websockets_open_and_delivery_resumes(kind):
+    from ws4redis.embedded_redis import EmbeddedRedis
+
+    channel, path = "broadcast:outage", "/ws/outage?subscribe-broadcast"
+    with EmbeddedRedis() as own_redis:
+        store = redis.Redis(host=own_redis.host, port=own_redis.port)
+        site = servers.Site(own_redis.url)
+        try:
+            with servers.serving(servers.STARTERS[kind](site)) as server, \
+                    servers.ws_connect(server, path) as listener, \
+                    servers.ws_connect(server, "/ws/outage?publish-broadcast") as talker:
+                talker.send("kept through the outage")
+                assert listener.recv(timeout=RECV_TIMEOUT) == "kept through the outage"
+                store.save()  # the persisted message survives the restart
+                own_redis.stop()
+                talker.send("said while Redis is down")
+                with pytest.raises(ConnectionClosedError) as closed:
+                    talker.recv(timeout=RECV_TIMEOUT)
+                assert closed.value.rcvd.code == constants.CLOSE_TRY_AGAIN_LATER
+                wait_for(lambda: upgrade_status(server, path)[0] == 503, "503 for new websockets")
+                assert b"message broker is unreachable" in upgrade_status(server, path)[1]
+                assert servers.http_request(server.port, "GET", "/ping")[::2] == (200, b"pong")
+                own_redis.start()
+                wait_for(lambda: store.pubsub_numsub(channel) == [(channel.encode(), 1)],
+                         "the hub subscribed again")
+                # The listener never noticed: it gets the persisted message again, then live ones.
+                assert listener.recv(timeout=RECV_TIMEOUT) == "kept through the outage"
+                store.publish(channel, "after the outage")
+                assert listener.recv(timeout=RECV_TIMEOUT) == "after the outage"
+                with servers.ws_connect(server, path) as newcomer:
+                    assert newcomer.recv(timeout=RECV_TIMEOUT) == "kept through the outage"
+                log = server.output()
+                assert "lost the Redis pub/sub connection" in log
+                assert "restored after a" in log and "persisted messages re-sent" in log
+                assert not server.tracebacks()
+        finally:
+            store.close()
+            site.cleanup()
+
+
+@pytest.mark.parametrize("kind", kinds())
 def test_idle_connections_get_pings_and_heartbeats(redis_server, kind):
     overrides = {"WS4REDIS_PING_INTERVAL": "0.5", "WS4REDIS_HEARTBEAT": repr(HEARTBEAT)}
     site = servers.Site(redis_server.url, overrides)
@@ -545,15 +619,18 @@ def test_idle_connections_get_pings_and_heartbeats(redis_server, kind):
         site.cleanup()
 
 
-@pytest.fixture(params=[pytest.param(("runserver", site), id=f"runserver-{site}") for site in SITES])
-def runserver_live(request, pool, sites, store):
+@pytest.fixture(params=[
+    pytest.param((kind, site), id=f"{kind}-{site}") for kind in ("runserver", "gevent") for site in SITES
+])
+def eager_live(request, pool, sites, store):
     return _live(request, pool, sites, store)
 
 
-def test_frames_sent_right_behind_the_handshake_are_not_lost(runserver_live, facility):
+def test_frames_sent_right_behind_the_handshake_are_not_lost(eager_live, facility):
     """A client must wait for the 101 before sending frames (RFC 6455, section 4.1); one that does not
-    is still served by runserver. Under uWSGI such bytes stay in uWSGI's request buffer."""
-    live = runserver_live
+    is still served by runserver and the gevent server. Under uWSGI such bytes stay in uWSGI's request
+    buffer."""
+    live = eager_live
     request = (
         f"GET /ws/{facility}?subscribe-broadcast&publish-broadcast&echo HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{live.server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -573,7 +650,7 @@ def test_frames_sent_right_behind_the_handshake_are_not_lost(runserver_live, fac
     assert [event for event in events if isinstance(event, Message)] == [Message(b"eager", False)]
 
 
-@pytest.mark.parametrize("kind", [pytest.param(kind, marks=marks) for kind, marks in KINDS.items()])
+@pytest.mark.parametrize("kind", kinds())
 def test_a_failing_hook_gets_a_readable_500_and_the_server_goes_on(redis_server, kind):
     hook = "'tests.project.views.broken_allowed_channels'"
     site = servers.Site(redis_server.url, {"WS4REDIS_ALLOWED_CHANNELS": hook})

@@ -16,64 +16,81 @@ blocking the worker, and Django's per-thread state (database connections)
 must be per greenlet. ``--gevent-monkey-patch`` patches after the
 application is loaded, which is too late; the server refuses to start then.
 
+Each worker process serves its websockets from ONE Redis pub/sub connection,
+the worker's :class:`ws4redis.hub.Hub` (``CLIENT LIST`` names it
+``ws4redis-hub:<pid>``), exactly as the gevent server does: channels are
+reference-counted (SUBSCRIBE for the first local listener, UNSUBSCRIBE after
+the last), each message is framed once and the same bytes are queued for
+every local websocket, written with non-blocking writes. The hub is created
+by the first websocket a worker serves, after uWSGI has forked it, so every
+worker gets its own. The request setup (handshake, session, user,
+WS4REDIS_ALLOWED_CHANNELS, the subscriber's channels, the 403/500/503
+answers) is the one of every ws4redis server (``ws4redis.session`` through
+``ws4redis.wsgi_server``). The open websocket is the gevent server's
+:class:`ws4redis.gevent_server.WebSocketConnection`, so both servers behave
+alike: bounded send queues (1008 for a client that falls behind), pings and
+WS4REDIS_PING_TIMEOUT (1011), the 0.6.0 heartbeat, messages from clients
+pipelined to Redis by one batching greenlet per worker, and while Redis is
+away open websockets stay connected, new ones get 503 and a client trying
+to publish is closed with 1013 (the hub reconnects, subscribes again and
+re-sends the persisted messages).
+
 uWSGI answers the handshake (``uwsgi.websocket_handshake``, so it knows the
 response has started); the frames are then read and written by the ws4redis
-protocol core on the connection's descriptor (``uwsgi.connection_fd()``).
-uWSGI's own frame functions are not used because they lose what clients and
-the tests rely on: ``websocket_recv_nb`` hands over each fragment as a
-separate message without telling text from binary, does not check UTF-8,
-and drops a close frame without answering it, so every close ends with
-1006. Waiting uses ``gevent.select.poll`` (libev watchers), which has no
-limit on descriptor numbers, unlike ``select(2)`` and ``gevent.select.select``
-(which calls ``select(2)`` first). After the upgrade nothing but websocket
-frames is written: errors close the websocket with 1011.
+protocol core on a duplicate of the connection's descriptor
+(``uwsgi.connection_fd()``), from libev watchers. uWSGI's request greenlet
+only waits (giving the websocket its keepalive ticks) until the websocket is
+closed, so uWSGI keeps the connection and its async core until then: size
+``--gevent`` for the websockets a worker should hold. uWSGI's own frame
+functions are not used because they lose what clients and the tests rely
+on: ``websocket_recv_nb`` hands over each fragment as a separate message
+without telling text from binary, does not check UTF-8, and drops a close
+frame without answering it, so every close ends with 1006. Bytes a client
+sends before it has seen the 101 stay in uWSGI's request buffer (RFC 6455
+forbids sending them). After the upgrade nothing but websocket frames is
+written: errors close the websocket with 1011.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable
+import socket
+import time
 from typing import Any
 
 import gevent.monkey
-import gevent.select
-import gevent.socket
 import redis
 import uwsgi
 from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application
+from gevent.event import Event
 
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
+from ws4redis.gevent_server import PublishBatcher, ServerConfig, WebSocketConnection
 from ws4redis.handshake import Handshake
-from ws4redis.websocket import WebSocket
-from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer
+from ws4redis.hub import Hub, get_hub
+from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer, setup_failures
 
-__all__ = ["application", "uWSGIWebsocket", "uWSGIWebsocketServer"]
+__all__ = ["application", "uWSGIWebsocketServer"]
 
+logger = logging.getLogger("ws4redis")
 
-class uWSGIWebsocket(WebSocket):  # noqa: N801 - the 0.6.0 name
-    """A websocket on a duplicate of uWSGI's connection descriptor; ``release()`` closes the duplicate.
-
-    uWSGI owns the connection and closes it when the request ends; the
-    duplicate lets Python hold a (gevent) socket without taking that away.
-    """
-
-    def __init__(self, sock: gevent.socket.socket, **options: Any) -> None:
-        super().__init__(sock, **options)
-        self._duplicate = sock
-
-    def release(self) -> None:
-        self._duplicate.close()
+UNREACHABLE = "Service Unavailable: the message broker is unreachable"
 
 
 class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
-    """The websocket application for uWSGI workers running gevent."""
-
-    poll_factory = staticmethod(gevent.select.poll)
+    """The websocket application for uWSGI workers running gevent, on the worker's hub."""
 
     def __init__(self, redis_connection: redis.Redis | None = None) -> None:
-        """Refuse to start without gevent, or with the standard library patched too late."""
+        """Refuse to start without gevent, or with the standard library patched too late.
+
+        ``redis_connection`` publishes and reads persisted messages (default:
+        the hub's client on the shared pool). Subscriptions always go through
+        the hub; a 0.6.0 subscriber subscribing on ``self._connection.pubsub()``
+        needs the default.
+        """
         if uwsgi.opt.get("gevent") is None:
             raise ImproperlyConfigured(
                 "ws4redis.uwsgi_runserver needs uWSGI's gevent loop: start uwsgi with --gevent <N>"
@@ -84,35 +101,111 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
                 "imported: start uwsgi with --gevent-early-monkey-patch (--gevent-monkey-patch is too late)"
             )
         super().__init__(redis_connection)
+        self.config = ServerConfig()
+        self._publisher: tuple[int, PublishBatcher] | None = None
+        # The open websockets of this worker, each with the event that ends its request.
+        self._released: dict[WebSocketConnection, Event] = {}
 
-    def upgrade_websocket(
-        self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake,
-        subprotocol: str | None,
-    ) -> uWSGIWebsocket:
-        # Everything that can fail is done before the handshake: after it, no HTTP error can be sent.
-        try:
-            sock = gevent.socket.socket(fileno=os.dup(uwsgi.connection_fd()))
-        except OSError as exc:
-            raise HandshakeError(f"Service Unavailable: cannot take over the connection: {exc}", 503) from exc
-        try:
-            uwsgi.websocket_handshake(handshake.key, environ.get("HTTP_ORIGIN", ""), subprotocol or "")
-        except OSError as exc:
-            sock.close()
-            raise HandshakeError(f"Internal Server Error: uWSGI could not upgrade the connection: {exc}",
-                                 500) from exc
-        return uWSGIWebsocket(
-            sock,
-            max_message_size=private_settings.WS4REDIS_MAX_MESSAGE_SIZE,
-            max_fragments=private_settings.max_fragments(),
-        )
+    @property
+    def hub(self) -> Hub:
+        """This worker's hub, created by its first websocket (after the fork: one per worker)."""
+        return get_hub()
 
-    def serve_websocket(
-        self, websocket: Any, subscriber: Any, echo: bool, persisted: Iterable[bytes] = ()
-    ) -> None:
+    @property
+    def publisher(self) -> PublishBatcher:
+        """Publishes what this worker's websockets receive, through the hub's client (its bounded pool)."""
+        pid = os.getpid()
+        if self._publisher is None or self._publisher[0] != pid:
+            self._publisher = (pid, PublishBatcher(self.hub.client))
+        return self._publisher[1]
+
+    def create_subscriber(self) -> Any:
+        """WS4REDIS_SUBSCRIBER with its subscriptions recorded for the hub instead of opened."""
+        client = self._redis_connection if self._redis_connection is not None else self.hub.client
+        return self.config.subscriber_class(client)
+
+    def release(self, connection: WebSocketConnection) -> None:
+        """Called by ``connection`` (from the event loop) once it is closed: its request may end."""
+        released = self._released.get(connection)
+        if released is not None:
+            released.set()
+
+    def _serve(
+        self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake, subscriber: Any
+    ) -> list[bytes]:
+        hub = self.hub
         try:
-            super().serve_websocket(websocket, subscriber, echo, persisted)
+            if hub.unreachable:
+                # Open websockets wait for Redis to come back; new ones are told to retry later.
+                raise HandshakeError(UNREACHABLE, 503)
+            with setup_failures(environ):
+                negotiation = self.settle(environ, handshake, subscriber)
+            fd = take_connection()
+        except HandshakeError as exc:
+            return self.refuse(start_response, exc.status, str(exc), exc.headers)
+        connection = WebSocketConnection(fd, subscriber, self, str(environ.get("REMOTE_ADDR", "?")),
+                                         negotiation.echo)
+        released = self._released[connection] = Event()
+        started = False
+        try:
+            try:
+                with setup_failures(environ):
+                    # Subscribed, and the persisted messages queued, before the client learns it is open.
+                    connection.prepare(hub)
+                if connection.refused is not None:
+                    raise HandshakeError(f"Service Unavailable: {connection.refused}", 503)
+                send_upgrade(environ, handshake, negotiation.subprotocol)
+            except HandshakeError as exc:
+                return self.refuse(start_response, exc.status, str(exc), exc.headers)
+            started = True
+            connection.start(b"")  # the descriptor is the connection's from now on
+            self._tick_until_released(connection, released)
         finally:
-            websocket.release()
+            del self._released[connection]
+            connection.finish(hub)  # closes the descriptor once it is the connection's
+            if not started:
+                os.close(fd)
+        return []
+
+    def _tick_until_released(self, connection: WebSocketConnection, released: Event) -> None:
+        """Keep uWSGI's request open while libev watchers serve the websocket; tick it meanwhile.
+
+        The ticks are the gevent server's (heartbeat, pings, WS4REDIS_PING_TIMEOUT, the time a
+        closing peer gets); uWSGI's request greenlet exists anyway, so it gives them.
+        """
+        tick = self.config.tick
+        while not released.wait(tick):
+            try:
+                connection.tick(time.monotonic())
+            except Exception:
+                logger.exception("ws4redis: keepalive of the websocket of %s failed", connection.peer)
+                return
+
+
+def take_connection() -> int:
+    """A non-blocking duplicate of uWSGI's connection descriptor (uWSGI keeps and closes its own)."""
+    try:
+        sock = socket.socket(fileno=os.dup(uwsgi.connection_fd()))
+        try:
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # frames go out as written
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise HandshakeError(f"Service Unavailable: cannot take over the connection: {exc}", 503) from exc
+    return sock.detach()
+
+
+def send_upgrade(environ: dict[str, Any], handshake: Handshake, subprotocol: str | None) -> None:
+    """Let uWSGI send the 101 response (it then knows the request has been answered)."""
+    try:
+        uwsgi.websocket_handshake(handshake.key, environ.get("HTTP_ORIGIN", ""), subprotocol or "")
+    except OSError as exc:
+        raise HandshakeError(
+            f"Internal Server Error: uWSGI could not upgrade the connection: {exc}", 500
+        ) from exc
 
 
 _django_app = get_wsgi_application()

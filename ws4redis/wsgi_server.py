@@ -6,8 +6,11 @@ WEBSOCKET_URL. It checks the handshake, settles the channels (see
 one loop per websocket that waits on two descriptors: the websocket and the
 subscriber's Redis connection.
 
-What a server adapter provides (``ws4redis.django_runserver``,
-``ws4redis.uwsgi_runserver``):
+The development server (``ws4redis.django_runserver``) runs this loop; the
+uWSGI adapter (``ws4redis.uwsgi_runserver``) shares the setup
+(:meth:`WebsocketWSGIServer.create_subscriber`, :meth:`~WebsocketWSGIServer.settle`,
+:func:`setup_failures`, ``refuse``) and replaces the loop with the
+per-process hub of the gevent server. What an adapter of this loop provides:
 
 * ``upgrade_websocket(environ, start_response, handshake, subprotocol)``
   sends the 101 answer and returns a websocket object with
@@ -32,7 +35,7 @@ The rules of the loop, compared with 0.6.0:
   (0.6.0's loop sent it after every 4-second ``select``, also after each
   message). After WS4REDIS_PING_INTERVAL idle seconds it sends a ping; a
   peer that vanished is noticed when a write or read fails (this loop does
-  not time pongs: WS4REDIS_PING_TIMEOUT is for the gevent server).
+  not time pongs: WS4REDIS_PING_TIMEOUT is for the hub servers, gevent and uWSGI).
 * Without ``echo`` a client does not get its own messages back: copies of
   what it published that return on a channel it also listens to are
   dropped, exactly those (0.6.0 compared with the last message received,
@@ -47,7 +50,8 @@ import logging
 import select
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any
 
@@ -59,10 +63,10 @@ from ws4redis import settings as private_settings
 from ws4redis.exceptions import ConnectionClosed, HandshakeError
 from ws4redis.handshake import Handshake
 from ws4redis.redis_store import RedisMessage
-from ws4redis.session import check_handshake, negotiate, release_database_connections
+from ws4redis.session import Negotiation, check_handshake, negotiate, release_database_connections
 from ws4redis.speedups import validate_utf8
 
-__all__ = ["EchoFilter", "WebsocketWSGIServer", "deliver", "idle_timeout"]
+__all__ = ["EchoFilter", "WebsocketWSGIServer", "deliver", "idle_timeout", "setup_failures"]
 
 logger = logging.getLogger("ws4redis")
 
@@ -115,6 +119,34 @@ def idle_timeout(heartbeat: str | None, ping_interval: float | None) -> float | 
 
 def _text(value: str | bytes) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+@contextmanager
+def setup_failures(environ: Mapping[str, Any]) -> Iterator[None]:
+    """Turn what goes wrong while a websocket is set up into the HandshakeError its client gets.
+
+    WS4REDIS_ALLOWED_CHANNELS refusing (PermissionDenied) becomes 403, Redis
+    failing 503, and a failing project hook (WS4REDIS_PROCESS_REQUEST,
+    WS4REDIS_ALLOWED_CHANNELS, a subscriber subclass) 500 with its traceback
+    logged, as Django does for a failing view. The database connections the
+    setup opened are closed on the way out: a websocket lives for hours.
+    """
+    path = environ.get("PATH_INFO")
+    try:
+        yield
+    except HandshakeError:
+        raise
+    except PermissionDenied as exc:
+        logger.info("ws4redis: WS4REDIS_ALLOWED_CHANNELS refused %s: %s", path, exc)
+        raise HandshakeError(f"Forbidden: {exc or 'these channels are not allowed'}", 403) from exc
+    except redis.RedisError as exc:
+        logger.error("ws4redis: cannot subscribe, Redis failed: %s", exc)
+        raise HandshakeError("Service Unavailable: the message broker is unreachable", 503) from exc
+    except Exception as exc:
+        logger.exception("ws4redis: setting up the websocket %s failed", path)
+        raise HandshakeError("Internal Server Error: could not set up the websocket", 500) from exc
+    finally:
+        release_database_connections()
 
 
 class WebsocketWSGIServer:
@@ -173,35 +205,33 @@ class WebsocketWSGIServer:
             logger.info("ws4redis: refused %s %s: %s", environ.get("REQUEST_METHOD"),
                         environ.get("PATH_INFO"), exc)
             return self.refuse(start_response, exc.status, str(exc), exc.headers)
-        subscriber = self.Subscriber(self._redis_connection)
+        subscriber = self.create_subscriber()
         try:
             return self._serve(environ, start_response, handshake, subscriber)
         finally:
             subscriber.release()
 
+    def create_subscriber(self) -> Any:
+        """The WS4REDIS_SUBSCRIBER of one websocket, publishing through the client given at start-up."""
+        return self.Subscriber(self._redis_connection)
+
+    def settle(self, environ: dict[str, Any], handshake: Handshake, subscriber: Any) -> Negotiation:
+        """Negotiate the channels and let ``subscriber`` subscribe (see ``ws4redis.session``)."""
+        negotiation = negotiate(environ, handshake, self.Subscriber)
+        subscriber.set_pubsub_channels(negotiation.request, negotiation.channels)
+        return negotiation
+
     def _serve(
         self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake, subscriber: Any
     ) -> Iterable[bytes]:
         try:
-            try:
-                negotiation = negotiate(environ, handshake, self.Subscriber)
-                subscriber.set_pubsub_channels(negotiation.request, negotiation.channels)
+            with setup_failures(environ):
+                negotiation = self.settle(environ, handshake, subscriber)
                 # Read before the 101 goes out: a client cannot publish anything yet, so a
                 # message it sends right after connecting is not also found here and sent twice.
                 persisted = subscriber.get_persisted_messages()
-            finally:
-                release_database_connections()
-        except PermissionDenied as exc:
-            logger.info("ws4redis: WS4REDIS_ALLOWED_CHANNELS refused %s: %s", environ.get("PATH_INFO"), exc)
-            return self.refuse(start_response, 403, f"Forbidden: {exc or 'these channels are not allowed'}")
-        except redis.RedisError as exc:
-            logger.error("ws4redis: cannot subscribe, Redis failed: %s", exc)
-            return self.refuse(start_response, 503, "Service Unavailable: the message broker is unreachable")
-        except Exception:
-            # A failing hook (WS4REDIS_PROCESS_REQUEST, WS4REDIS_ALLOWED_CHANNELS, a subscriber
-            # subclass): log it with its traceback and answer, as Django does for a failing view.
-            logger.exception("ws4redis: setting up the websocket %s failed", environ.get("PATH_INFO"))
-            return self.refuse(start_response, 500, "Internal Server Error: could not set up the websocket")
+        except HandshakeError as exc:
+            return self.refuse(start_response, exc.status, str(exc), exc.headers)
         logger.debug("ws4redis: %s subscribed to %s, publishing on %s", environ.get("PATH_INFO"),
                      subscriber.subscribed_channels, sorted(subscriber.publishers))
         try:
