@@ -16,6 +16,8 @@ import redis
 from websockets.asyncio.client import connect
 
 from tests import servers
+from ws4redis import constants
+from ws4redis.protocol import CloseReceived, Ping
 
 pytestmark = pytest.mark.uwsgi
 
@@ -83,6 +85,26 @@ def test_each_worker_forked_by_the_master_gets_its_own_hub(redis_server):
             # One subscription per worker that serves a client, however many clients it serves.
             assert store.publish(f"broadcast:{facility}", "to every worker") == len(pids)
             assert [client.recv(timeout=TIMEOUT) for client in clients] == ["to every worker"] * 20
+            assert not server.tracebacks(), server.tracebacks()
+    finally:
+        store.close()
+        site.cleanup()
+
+
+def test_a_peer_that_never_answers_pings_is_closed_with_1011_and_released(redis_server):
+    """The request greenlet ticks its websocket: pings go out, and a silent peer is let go."""
+    site = servers.Site(redis_server.url, {"WS4REDIS_PING_INTERVAL": "0.3", "WS4REDIS_PING_TIMEOUT": "0.6"})
+    channel = f"broadcast:silent{uuid.uuid4().hex[:8]}"
+    store = redis.Redis(host=redis_server.host, port=redis_server.port)
+    try:
+        with servers.serving(servers.uwsgi(site)) as server:
+            sock, rest = servers.raw_upgrade(server, f"/ws/{channel.partition(':')[2]}?subscribe-broadcast")
+            with sock:
+                events = servers.read_until_closed(sock, rest)
+            assert any(isinstance(event, Ping) for event in events)
+            closes = [event for event in events if isinstance(event, CloseReceived)]
+            assert [close.code for close in closes] == [constants.CLOSE_INTERNAL_ERROR]
+            assert servers.wait_unsubscribed(store, [channel]) == {channel: 0}
             assert not server.tracebacks(), server.tracebacks()
     finally:
         store.close()
