@@ -143,13 +143,13 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
             fd = take_connection()
         except HandshakeError as exc:
             return self.refuse(start_response, exc.status, str(exc), exc.headers)
-        connection = WebSocketConnection(fd, subscriber, self, str(environ.get("REMOTE_ADDR", "?")),
-                                         negotiation.echo)
-        released = self._released[connection] = Event()
+        peer = str(environ.get("REMOTE_ADDR", "?"))
+        connection: WebSocketConnection | None = None
         started = False
         try:
             try:
                 with setup_failures(environ):
+                    connection = WebSocketConnection(fd, subscriber, self, peer, negotiation.echo)
                     # Subscribed, and the persisted messages queued, before the client learns it is open.
                     connection.prepare(hub)
                 if connection.refused is not None:
@@ -157,12 +157,14 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
                 send_upgrade(environ, handshake, negotiation.subprotocol)
             except HandshakeError as exc:
                 return self.refuse(start_response, exc.status, str(exc), exc.headers)
+            released = self._released[connection] = Event()
             started = True
             connection.start(b"")  # the descriptor is the connection's from now on
             self._tick_until_released(connection, released)
         finally:
-            del self._released[connection]
-            connection.finish(hub)  # closes the descriptor once it is the connection's
+            if connection is not None:
+                self._released.pop(connection, None)
+                connection.finish(hub)  # closes the descriptor once it is the connection's
             if not started:
                 os.close(fd)
         return []
