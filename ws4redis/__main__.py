@@ -52,6 +52,7 @@ def address_family(host: str) -> socket.AddressFamily:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; ``serve`` is a sub-command so that others can join it without breaking scripts."""
     parser = argparse.ArgumentParser(prog="python -m ws4redis", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve websockets (and the Django site) with gevent")
@@ -167,6 +168,7 @@ class Supervisor:
         self.children.add(pid)
 
     def run(self) -> int:
+        """Fork the workers and wait for them, replacing the ones that die; the exit status to return."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         for _ in range(self.count):
@@ -219,6 +221,7 @@ def serve(bind: str, workers: int, websocket_only: bool, settings: str | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m ws4redis``; the process exit status."""
     args = build_parser().parse_args(argv)
     return serve(args.bind, args.workers, args.websocket_only, args.settings)
 

@@ -10,11 +10,14 @@ from django.core.exceptions import ImproperlyConfigured
 
 
 class Ws4RedisConfig(AppConfig):
+    """Bad settings fail when Django starts, not at the first websocket."""
+
     name = "ws4redis"
     verbose_name = "Websockets for Redis"
     default = True
 
     def ready(self) -> None:
+        """Connect the login receiver, validate the settings and register them with ``manage.py check``."""
         from ws4redis import models  # noqa: F401 - connects the user_logged_in receiver
         from ws4redis.settings import validate_settings
 

@@ -113,6 +113,7 @@ class EchoServer:
             logger.debug("wake-up pipe full: the accept loop is already being woken")
 
     def serve_forever(self) -> None:
+        """Accept until ``stop``; then close every client with 1001 and return."""
         selector = selectors.DefaultSelector()
         selector.register(self.listener, selectors.EVENT_READ)
         selector.register(self._wake_read, selectors.EVENT_READ)
@@ -282,6 +283,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m ws4redis.echo``: serve until SIGTERM or SIGINT."""
     args = _arguments(argv)
     logging.basicConfig(
         stream=sys.stderr,

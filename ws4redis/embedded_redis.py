@@ -81,9 +81,11 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        """The server as WS4REDIS_CONNECTION's ``url`` option and redis-py's ``from_url`` take it."""
         return f"redis://{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        """Start the server (again after ``stop``); return once it answers PING, else RedisUnavailable."""
         if self.process is not None and self.process.poll() is None:
             return self
         args = [
@@ -111,6 +113,7 @@ class EmbeddedRedis:
         raise RedisUnavailable(f"{self.executable} did not answer on port {self.port}: {self._log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server; port and directory stay, so ``start`` can bring it back (outage tests)."""
         if self.process is None:
             return
         stop_process(self.process, timeout)

@@ -104,6 +104,7 @@ class Handshake:
 
     @property
     def accept(self) -> str:
+        """Sec-WebSocket-Accept: proof to the client that this server read its key."""
         return accept_key(self.key)
 
     def response_headers(self, subprotocol: str | None = None) -> list[tuple[str, str]]:

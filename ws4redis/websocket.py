@@ -77,6 +77,7 @@ class WebSocket:
 
     @property
     def close_reason(self) -> str:
+        """The reason that came with ``close_code`` ("" when none was given)."""
         return self._protocol.close_reason
 
     def get_file_descriptor(self) -> int:
