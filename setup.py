@@ -21,6 +21,8 @@ TOOLCHAIN_ERRORS = (CCompilerError, BaseError, OSError)
 
 
 def truthy(value: str | None) -> bool:
+    """ws4redis.speedups.extensions_disabled's reading of WS4REDIS_NO_EXTENSIONS (restated: setup.py
+    cannot import the package it builds; tests/test_packaging.py checks that both agree)."""
     return (value or "").strip().lower() not in ("", "0", "false", "no")
 
 

@@ -212,3 +212,18 @@ def test_python_and_django_versions_agree_across_metadata_and_tox():
     assert {v.removeprefix("3.") for v in python} == tox_python
     assert project["project"]["requires-python"] == f">={oldest}"
     assert project["tool"]["ruff"]["target-version"] == "py" + oldest.replace(".", "")
+
+
+@pytest.mark.parametrize("value", ["", "0", "false", "No", " 1 ", "yes", "true", "TRUE", "anything"])
+def test_setup_and_the_facade_read_ws4redis_no_extensions_alike(value, monkeypatch):
+    """setup.py (which cannot import ws4redis) restates the facade's rule; the two must not drift."""
+    from ws4redis.speedups import extensions_disabled
+
+    definition = next(
+        node for node in ast.parse((ROOT / "setup.py").read_text()).body
+        if isinstance(node, ast.FunctionDef) and node.name == "truthy"
+    )
+    namespace: dict = {}
+    exec(compile(ast.Module([definition], type_ignores=[]), "setup.py", "exec"), namespace)
+    monkeypatch.setenv("WS4REDIS_NO_EXTENSIONS", value)
+    assert namespace["truthy"](value) is extensions_disabled()
