@@ -21,7 +21,7 @@ import pytest
 from benchmarks.e2e_servers import SERVERS, private_redis, run_bench, running
 from ws4redis.bench.runner import Options
 
-FULL = os.environ.get("WS4REDIS_E2E_FULL", "").strip() not in ("", "0")
+FULL = os.environ.get("WS4REDIS_E2E_FULL", "").strip().lower() not in ("", "0", "false", "no")
 FAN_OUT = (1000, 1000) if FULL else (50, 200)  # subscribers, messages
 ECHO = (100, 1000) if FULL else (20, 100)  # clients, round trips each
 MESSAGE_SIZE = 100
