@@ -114,7 +114,9 @@ HUB_RECONNECT_MAX_DELAY = 10.0  # cap of the exponential backoff; each delay get
 HUB_HEALTH_CHECK_INTERVAL = 15.0  # seconds between PINGs on the pub/sub connection; 2x silence = dead
 HUB_SUBSCRIBE_TIMEOUT = 5.0  # seconds a new websocket waits for Redis to confirm its SUBSCRIBE
 LEGACY_HEARTBEAT_INTERVAL = 4.0  # idle seconds between WS4REDIS_HEARTBEAT messages (0.6.0's select timeout)
-SERVER_READ_SIZE = 4096  # bytes read from a websocket per recv
+# Bytes the gevent server reads from a websocket per wake-up. Smaller than RECV_SIZE on purpose:
+# one server holds thousands of sockets, and a small read per wake-up keeps memory per connection low.
+SERVER_READ_SIZE = 4096
 SERVER_LISTEN_BACKLOG = 2048  # pending TCP connections the kernel queues for the server
 WORKER_RESPAWN_DELAY = 1.0  # seconds before the supervisor replaces a worker that died
 SHUTDOWN_KILL_MARGIN = 0.5  # seconds of WS4REDIS_SHUTDOWN_TIMEOUT kept for dropping connections that hang
