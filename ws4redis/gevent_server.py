@@ -160,6 +160,7 @@ class PublishBatcher:
                     try:
                         listener.published(error)
                     except Exception:
+                        # A bug in one listener must not keep the rest of the batch from hearing back.
                         logger.exception("ws4redis: the websocket of %s failed after publishing",
                                          getattr(listener, "peer", "?"))
         finally:
@@ -580,6 +581,7 @@ class WebSocketConnection:
             else:
                 self._resume_reading()
         except Exception:
+            # A bug in one websocket closes that websocket with 1011, never the server.
             logger.exception("ws4redis: websocket of %s failed; closing it with 1011", self.peer)
             self._unpublished = None
             self.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
@@ -831,6 +833,7 @@ class WebSocketHandler(WSGIHandler):
             self._send_raw(error_response(HandshakeError(message, 403)))
             return None
         except Exception as exc:
+            # A bug in a hook (WS4REDIS_PROCESS_REQUEST, say) fails this handshake with 500, never the server.
             logger.exception("ws4redis: websocket setup for %s failed", peer)
             error = HandshakeError(
                 f"Internal Server Error: could not set up the websocket ({type(exc).__name__})", 500)
@@ -924,6 +927,7 @@ class WebSocketServer(WSGIServer):
             try:
                 connection.tick(now)
             except Exception:
+                # A bug in one websocket's keepalive closes that websocket, never the server's timer loop.
                 logger.exception("ws4redis: keepalive of the websocket of %s failed", connection.peer)
                 self.release(connection)
 
@@ -935,6 +939,7 @@ class WebSocketServer(WSGIServer):
         try:
             connection.finish(self.hub)
         except Exception:
+            # A bug while releasing one websocket must not stop the server from releasing the others.
             logger.exception("ws4redis: releasing the websocket of %s failed", connection.peer)
         if self.shutting_down and not self.connections:
             self._all_released.set()

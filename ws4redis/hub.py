@@ -272,6 +272,7 @@ class PubSubLink:
                 logger.info("ws4redis hub: writing to the pub/sub connection failed (%s)", exc)
                 connection.disconnect()
             except Exception:
+                # A bug here must not kill the hub's writer: dropping the link makes the reader reconnect.
                 logger.exception("ws4redis hub: unexpected error while subscribing; reconnecting")
                 connection.disconnect()
 

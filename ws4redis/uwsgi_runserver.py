@@ -180,6 +180,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
             try:
                 connection.tick(time.monotonic())
             except Exception:
+                # A bug in one websocket's keepalive ends that websocket, never the uWSGI worker.
                 logger.exception("ws4redis: keepalive of the websocket of %s failed", connection.peer)
                 return
 
