@@ -39,7 +39,7 @@ from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, upgrade_response
 from ws4redis.websocket import WebSocket
-from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer
+from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer, websocket_or_django
 
 __all__ = ["WebsocketRunServer", "application"]
 
@@ -106,12 +106,5 @@ class WebsocketRunServer(WebsocketWSGIServer):
         )
 
 
-_django_app = get_wsgi_application()
-_websocket_app = WebsocketRunServer()
-
-
-def application(environ: dict[str, Any], start_response: StartResponse) -> Any:
-    """Websockets under WEBSOCKET_URL, Django for everything else."""
-    if environ.get("PATH_INFO", "").startswith(private_settings.WEBSOCKET_URL):
-        return _websocket_app(environ, start_response)
-    return _django_app(environ, start_response)
+# The WSGI entry point: websockets under WEBSOCKET_URL, Django for everything else.
+application = websocket_or_django(WebsocketRunServer(), get_wsgi_application())

@@ -66,12 +66,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application
 from gevent.event import Event
 
-from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.gevent_server import PublishBatcher, ServerConfig, WebSocketConnection
 from ws4redis.handshake import Handshake
 from ws4redis.hub import Hub, get_hub
-from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer, setup_failures
+from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer, setup_failures, websocket_or_django
 
 __all__ = ["application", "uWSGIWebsocketServer"]
 
@@ -211,12 +210,5 @@ def send_upgrade(environ: dict[str, Any], handshake: Handshake, subprotocol: str
         ) from exc
 
 
-_django_app = get_wsgi_application()
-_websocket_app = uWSGIWebsocketServer()
-
-
-def application(environ: dict[str, Any], start_response: StartResponse) -> Any:
-    """Websockets under WEBSOCKET_URL, Django for everything else."""
-    if environ.get("PATH_INFO", "").startswith(private_settings.WEBSOCKET_URL):
-        return _websocket_app(environ, start_response)
-    return _django_app(environ, start_response)
+# The WSGI entry point: websockets under WEBSOCKET_URL, Django for everything else.
+application = websocket_or_django(uWSGIWebsocketServer(), get_wsgi_application())

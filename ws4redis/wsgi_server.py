@@ -66,11 +66,14 @@ from ws4redis.redis_store import RedisMessage
 from ws4redis.session import Negotiation, check_handshake, negotiate, release_database_connections
 from ws4redis.speedups import validate_utf8
 
-__all__ = ["EchoFilter", "WebsocketWSGIServer", "deliver", "idle_timeout", "setup_failures"]
+__all__ = [
+    "EchoFilter", "WebsocketWSGIServer", "deliver", "idle_timeout", "setup_failures", "websocket_or_django",
+]
 
 logger = logging.getLogger("ws4redis")
 
 StartResponse = Callable[..., Any]
+WSGIApplication = Callable[[dict[str, Any], StartResponse], Any]
 
 _READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -107,6 +110,21 @@ class EchoFilter:
         else:
             self._pending[key] = count - 1
         return True
+
+
+def websocket_or_django(websocket_app: WSGIApplication, django_app: WSGIApplication) -> WSGIApplication:
+    """One WSGI application: ``websocket_app`` under WEBSOCKET_URL, ``django_app`` for the rest.
+
+    The runserver and uWSGI adapters share this rule. WEBSOCKET_URL is read per request, so
+    overridden settings (tests) apply.
+    """
+
+    def application(environ: dict[str, Any], start_response: StartResponse) -> Any:
+        if environ.get("PATH_INFO", "").startswith(private_settings.WEBSOCKET_URL):
+            return websocket_app(environ, start_response)
+        return django_app(environ, start_response)
+
+    return application
 
 
 def idle_timeout(heartbeat: str | None, ping_interval: float | None) -> float | None:
