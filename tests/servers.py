@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from ws4redis.embedded_redis import free_port
+from ws4redis import constants
+from ws4redis.embedded_redis import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 30.0
@@ -155,13 +156,7 @@ class ServerProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, STOP_TIMEOUT)
         self.process = None
 
     def alive(self) -> bool:
@@ -345,7 +340,7 @@ def raw_upgrade(server: ServerProcess, path: str, timeout: float = 20.0, receive
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.settimeout(timeout)
     sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
+    key = base64.b64encode(os.urandom(constants.WEBSOCKET_KEY_BYTES)).decode()
     request = (
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -361,13 +356,6 @@ def raw_upgrade(server: ServerProcess, path: str, timeout: float = 20.0, receive
     if not head.startswith(b"HTTP/1.1 101"):
         raise AssertionError(f"the handshake was refused: {head!r}")
     return sock, rest
-
-
-def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """One masked frame, as a client sends it, built without any validation of the payload."""
-    from ws4redis.speedups import encode_frame
-
-    return encode_frame(opcode, payload, fin=fin, mask_key=os.urandom(4))
 
 
 def read_until_closed(sock: socket.socket, initial: bytes = b"") -> list:

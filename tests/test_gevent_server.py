@@ -15,18 +15,17 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
 import redis
 
+from tests.polling import wait_until
 from tests.servers import (
     ROOT,
     ServerProcess,
     Site,
-    client_frame,
     gevent_server,
     http_request,
     raw_upgrade,
@@ -36,6 +35,7 @@ from tests.servers import (
     serving,
 )
 from tests.servers import ws_connect as ws
+from tests.wire import client_frame
 from ws4redis import constants
 from ws4redis.embedded_redis import free_port
 from ws4redis.protocol import CloseReceived, Message, WebSocketProtocol
@@ -79,7 +79,7 @@ def gevent_site(redis_url: str, **overrides: str) -> Site:
 
 def handshake_request(port: int, path: str, extra: str = "", version: str = "13", method: str = "GET",
                       ) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
+    key = base64.b64encode(os.urandom(constants.WEBSOCKET_KEY_BYTES)).decode()
     return (
         f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n{extra}\r\n"
@@ -100,15 +100,6 @@ def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
                 break
             chunks.append(chunk)
     return b"".join(chunks)
-
-
-def wait_until(predicate, limit: float = 15.0, what: str = "condition") -> None:
-    """Poll ``predicate`` (bounded): servers act asynchronously."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {limit} s", pytrace=False)
-        time.sleep(0.05)
 
 
 def subscribed_clients(client: redis.Redis) -> list[dict]:

@@ -9,16 +9,15 @@ clients stay connected; the 0.6.0 text heartbeat keeps working.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from tests.polling import wait_until
 from tests.servers import (
     ServerProcess,
     Site,
-    client_frame,
     gevent_server,
     http_request,
     raw_upgrade,
@@ -27,6 +26,7 @@ from tests.servers import (
     serving,
 )
 from tests.servers import ws_connect as ws
+from tests.wire import RFC_KEY, client_frame
 from ws4redis import constants
 from ws4redis.protocol import CloseReceived, Message, Ping
 from ws4redis.publisher import RedisPublisher
@@ -46,17 +46,9 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def wait_until(predicate, limit: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not reached within {limit} s", pytrace=False)
-        time.sleep(0.05)
-
-
 UPGRADE_HEADERS = {
     "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Key": RFC_KEY,
 }
 
 

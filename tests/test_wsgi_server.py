@@ -33,6 +33,8 @@ import redis
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from tests import servers
+from tests.polling import wait_until
+from tests.wire import RFC_KEY, client_frame
 from ws4redis import constants
 from ws4redis.protocol import CloseReceived, Message, Ping, WebSocketProtocol
 from ws4redis.wsgi_server import EchoFilter, WebsocketWSGIServer
@@ -200,7 +202,7 @@ def upgrade_headers(**extra: str) -> dict[str, str]:
     headers = {
         "Upgrade": "websocket",
         "Connection": "Upgrade",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Key": RFC_KEY,
         "Sec-WebSocket-Version": "13",
     }
     headers.update(extra)
@@ -359,7 +361,7 @@ def test_every_valid_close_code_closes_cleanly(live, facility, code):
 def test_nothing_but_the_close_frame_follows_a_close(live, facility):
     sock, rest = servers.raw_upgrade(live.server, f"/ws/{facility}?subscribe-broadcast")
     with sock:
-        sock.sendall(servers.client_frame(constants.OP_CLOSE, (1000).to_bytes(2, "big")))
+        sock.sendall(client_frame(constants.OP_CLOSE, (1000).to_bytes(2, "big")))
         data = rest
         while chunk := sock.recv(65536):
             data += chunk
@@ -368,11 +370,11 @@ def test_nothing_but_the_close_frame_follows_a_close(live, facility):
 
 def test_malformed_frames_close_with_their_code(live, facility):
     cases = {
-        constants.CLOSE_INVALID_PAYLOAD: servers.client_frame(constants.OP_TEXT, b"caf\xc3"),
+        constants.CLOSE_INVALID_PAYLOAD: client_frame(constants.OP_TEXT, b"caf\xc3"),
         constants.CLOSE_PROTOCOL_ERROR: b"\x81\x05hello",  # unmasked client frame
     }
     if live.site_name == "plain":
-        cases[constants.CLOSE_MESSAGE_TOO_BIG] = servers.client_frame(
+        cases[constants.CLOSE_MESSAGE_TOO_BIG] = client_frame(
             constants.OP_BINARY, b"x" * (MAX_MESSAGE_SIZE + 1)
         )
     path = f"/ws/{facility}?subscribe-broadcast&publish-broadcast"
@@ -523,13 +525,6 @@ def upgrade_status(server: servers.ServerProcess, path: str) -> tuple[int, bytes
     return status, body
 
 
-def wait_for(predicate, what: str, limit: float = RECV_TIMEOUT) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {limit} s"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("kind", kinds(*(kind for kind in KINDS if kind not in HUB_KINDS)))
 def test_redis_going_away_closes_with_1011_and_later_requests_get_503(kind):
     from ws4redis.embedded_redis import EmbeddedRedis
@@ -574,12 +569,13 @@ def test_redis_restarting_keeps_hub_websockets_open_and_delivery_resumes(kind):
                 with pytest.raises(ConnectionClosedError) as closed:
                     talker.recv(timeout=RECV_TIMEOUT)
                 assert closed.value.rcvd.code == constants.CLOSE_TRY_AGAIN_LATER
-                wait_for(lambda: upgrade_status(server, path)[0] == 503, "503 for new websockets")
+                wait_until(lambda: upgrade_status(server, path)[0] == 503, RECV_TIMEOUT,
+                           "503 for new websockets")
                 assert b"message broker is unreachable" in upgrade_status(server, path)[1]
                 assert servers.http_request(server.port, "GET", "/ping")[::2] == (200, b"pong")
                 own_redis.start()
-                wait_for(lambda: store.pubsub_numsub(channel) == [(channel.encode(), 1)],
-                         "the hub subscribed again")
+                wait_until(lambda: store.pubsub_numsub(channel) == [(channel.encode(), 1)], RECV_TIMEOUT,
+                           "the hub subscribed again")
                 # The listener never noticed: it gets the persisted message again, then live ones.
                 assert listener.recv(timeout=RECV_TIMEOUT) == "kept through the outage"
                 store.publish(channel, "after the outage")
@@ -634,10 +630,10 @@ def test_frames_sent_right_behind_the_handshake_are_not_lost(eager_live, facilit
     request = (
         f"GET /ws/{facility}?subscribe-broadcast&publish-broadcast&echo HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{live.server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        f"Sec-WebSocket-Key: {RFC_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", live.server.port), timeout=RECV_TIMEOUT) as sock:
-        sock.sendall(request + servers.client_frame(constants.OP_TEXT, b"eager"))
+        sock.sendall(request + client_frame(constants.OP_TEXT, b"eager"))
         data = b""
         while b"\r\n\r\n" not in data:
             data += sock.recv(4096)
