@@ -18,7 +18,7 @@ from django.test import override_settings
 
 from tests.servers import ROOT, Site
 from ws4redis.gevent_server import hub_subscriber_class
-from ws4redis.hub import HubRedis, SubscriptionRecorder, frame_once
+from ws4redis.hub import HubRedis, SubscriptionRecorder
 from ws4redis.publisher import RedisPublisher
 from ws4redis.subscriber import RedisSubscriber
 
@@ -337,11 +337,6 @@ def test_a_060_style_subscriber_using_connection_pubsub_is_recorded_too(make_req
     assert dict(subscriber._subscription.patterns) == {b"custom:*": None}
     with pytest.raises(RuntimeError, match="delivered by ws4redis.hub"):
         subscriber.parse_response()
-
-
-def test_frames_are_text_for_utf8_and_binary_otherwise():
-    assert frame_once(b"caf\xc3\xa9") == bytes([0x81, 5]) + b"caf\xc3\xa9"
-    assert frame_once(b"\xc3") == bytes([0x82, 1]) + b"\xc3"
 
 
 @override_settings(WS4REDIS_HEARTBEAT=HEARTBEAT)

@@ -19,6 +19,7 @@ from ws4redis.protocol import (
     State,
     WebSocketProtocol,
     frame_message,
+    frame_payload,
 )
 from ws4redis.speedups import Frame, FrameParser, encode_frame
 
@@ -332,3 +333,8 @@ def test_client_and_server_talk():
     assert server.receive_data(client.data_to_send()) == [CloseReceived(4000, "done")]
     assert client.receive_data(server.data_to_send()) == [CloseReceived(4000, "")]
     assert client.state is State.CLOSED and server.state is State.CLOSED
+
+
+def test_payloads_from_redis_are_text_when_utf8_and_binary_otherwise():
+    assert frame_payload(b"caf\xc3\xa9") == bytes([0x81, 5]) + b"caf\xc3\xa9"
+    assert frame_payload(memoryview(b"\xc3")) == bytes([0x82, 1]) + b"\xc3"

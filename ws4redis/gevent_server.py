@@ -50,8 +50,8 @@ from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import error_response, parse_request_head, request_head_length, upgrade_response
-from ws4redis.hub import Hub, SubscriptionRecorder, frame_once, get_hub
-from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol
+from ws4redis.hub import Hub, SubscriptionRecorder, get_hub
+from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol, frame_payload
 from ws4redis.redis_store import PublishPlan, RedisMessage, pooled_connection, uses_publish_plan
 from ws4redis.session import check_handshake, negotiate, release_database_connections
 from ws4redis.wsgi_server import EchoFilter
@@ -286,7 +286,7 @@ class WebSocketConnection:
 
     def send(self, message: str | bytes) -> None:
         """Send one message (0.6.0's ``websocket.send``; custom subscribers call it for persisted ones)."""
-        frame = frame_once(message.encode() if isinstance(message, str) else bytes(message))
+        frame = frame_payload(message.encode() if isinstance(message, str) else message)
         if self._persisted is not None:
             self._persisted.append(frame)
         elif self._state <= OPEN:

@@ -9,7 +9,7 @@ websocket. The gevent server instead routes every live message through one
   UNSUBSCRIBE. Ten thousand websockets on one broadcast channel cost Redis
   one subscription.
 * One reader greenlet per Redis connection drains every reply already
-  buffered, frames each message ONCE (:func:`ws4redis.protocol.frame_message`)
+  buffered, frames each message ONCE (:func:`ws4redis.protocol.frame_payload`)
   and hands the same bytes to every listener, which queues them without
   blocking (see ``ws4redis.gevent_server.WebSocketConnection``); the
   listeners that received something are flushed once per drained batch.
@@ -53,7 +53,7 @@ from redis.retry import Retry
 from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.connection import build_pool, get_connection_pool
-from ws4redis.protocol import frame_message
+from ws4redis.protocol import frame_payload
 from ws4redis.redis_store import RedisMessage
 
 __all__ = ["ChannelRouter", "Hub", "Listener", "PubSubLink", "SubscriptionRecorder", "get_hub"]
@@ -72,14 +72,6 @@ class Listener(Protocol):
 
     def flush(self) -> None:
         """Write what was queued, without blocking."""
-
-
-def frame_once(payload: bytes) -> bytes:
-    """The frame every listener gets: text when ``payload`` is UTF-8 (as browsers expect), else binary."""
-    try:
-        return frame_message(payload)
-    except ValueError:
-        return frame_message(payload, binary=True)
 
 
 def _as_bytes(name: str | bytes) -> bytes:
@@ -465,7 +457,7 @@ class Hub:
             listeners = fanout[key] = tuple(members)
         if not RedisMessage(payload):
             return  # the heartbeat string or an empty message: 0.6.0 never forwarded those
-        frame = frame_once(payload)
+        frame = frame_payload(payload)
         name = (channel if pattern else key).decode("utf-8", "replace")
         pending = self._pending
         for listener in listeners:

@@ -120,6 +120,17 @@ def frame_message(data: str | bytes | bytearray | memoryview, binary: bool = Fal
     return encode_frame(constants.OP_TEXT, _utf8(data, "a text message"))
 
 
+def frame_payload(payload: bytes | bytearray | memoryview) -> bytes:
+    """One server-side frame for bytes whose kind is unknown, as everything read from Redis.
+
+    Redis carries no opcode, so the bytes decide: UTF-8 goes out as text, which
+    is what 0.6.0's browsers expect, anything else as binary, so that invalid
+    UTF-8 never reaches a peer in a text frame (it would fail us with 1007).
+    """
+    opcode = constants.OP_TEXT if validate_utf8(payload) else constants.OP_BINARY
+    return encode_frame(opcode, payload)
+
+
 def _close_payload(code: int, reason: str | bytes) -> bytes:
     encoded = _utf8(reason, "a close reason")
     if len(encoded) > _MAX_CLOSE_REASON:

@@ -62,9 +62,9 @@ from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import ConnectionClosed, HandshakeError
 from ws4redis.handshake import Handshake
+from ws4redis.protocol import frame_payload
 from ws4redis.redis_store import RedisMessage
 from ws4redis.session import Negotiation, check_handshake, negotiate, release_database_connections
-from ws4redis.speedups import validate_utf8
 
 __all__ = [
     "EchoFilter", "WebsocketWSGIServer", "deliver", "idle_timeout", "setup_failures", "websocket_or_django",
@@ -79,8 +79,8 @@ _READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | s
 
 
 def deliver(websocket: Any, payload: bytes) -> None:
-    """Send a message from Redis: a text frame when it is UTF-8, a binary frame otherwise."""
-    websocket.send(payload, binary=not validate_utf8(payload))
+    """Send a message from Redis, framed by the rule for bytes of unknown kind (``frame_payload``)."""
+    websocket.send_frame(frame_payload(payload))
 
 
 class EchoFilter:
