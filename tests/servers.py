@@ -208,12 +208,14 @@ def uwsgi_binary() -> str:
 
 def uwsgi(
     site: Site, gevent: int = 1000, extra: list[str] | None = None,
-    monkey_patch: str = "--gevent-early-monkey-patch", workers: int = 1,
+    monkey_patch: str | None = None, workers: int = 1, module: str = "ws4redis.uwsgi_runserver:application",
 ) -> ServerProcess:
-    """uWSGI workers with gevent, its HTTP router in front, serving ws4redis.uwsgi_runserver.
+    """uWSGI workers with gevent, its HTTP router in front, serving ``module``.
 
-    One worker runs in the started process itself; more are forked by a master (``--master``),
-    which loads the application before forking, as production setups do.
+    By default the command line of django-websocket-redis 0.6.0's docs: ``--gevent N`` and no
+    monkey-patch flag (``monkey_patch`` names one). One worker runs in the started process
+    itself; more are forked by a master (``--master``), which loads the application before
+    forking, as production setups do.
     """
     port = free_port()
     args = [
@@ -221,10 +223,10 @@ def uwsgi(
         "--http", f"127.0.0.1:{port}",
         "--http-websockets",
         "--gevent", str(gevent),
-        monkey_patch,
+        *([monkey_patch] if monkey_patch else []),
         "--virtualenv", sys.prefix,
         "--chdir", str(ROOT),
-        "--module", "ws4redis.uwsgi_runserver:application",
+        "--module", module,
         "--processes", str(workers),
         *(["--master"] if workers > 1 else []),
         "--need-app",
@@ -311,7 +313,12 @@ def gevent_server(site: Site, extra: list[str] | None = None) -> ServerProcess:
     return ServerProcess("gevent", args, site, port)
 
 
-STARTERS = {"runserver": runserver, "uwsgi": uwsgi, "gevent": gevent_server}
+def uwsgi_0_6_0(site: Site) -> ServerProcess:
+    """uWSGI as django-websocket-redis 0.6.0 documented it: its wsgi.py, ``--gevent``, no monkey patch."""
+    return uwsgi(site, module="tests.project.wsgi")
+
+
+STARTERS = {"runserver": runserver, "uwsgi": uwsgi_0_6_0, "gevent": gevent_server}
 
 
 # --- websocket clients ------------------------------------------------------------------------------

@@ -27,16 +27,6 @@ CONNECTING_AT_ONCE = 100
 TIMEOUT = 120.0
 
 
-def test_refuses_to_start_when_gevent_patches_too_late(redis_server):
-    site = servers.Site(redis_server.url)
-    try:
-        with pytest.raises(servers.ServerFailed) as failed:
-            servers.uwsgi(site, monkey_patch="--gevent-monkey-patch").start()
-        assert "start uwsgi with --gevent-early-monkey-patch" in str(failed.value)
-    finally:
-        site.cleanup()
-
-
 def test_a_bad_setting_stops_uwsgi_at_start_up(redis_server):
     site = servers.Site(redis_server.url, {"WS4REDIS_EXPIRE": "-1"})
     try:

@@ -28,13 +28,16 @@ anything is written.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import socketserver
+import weakref
 from typing import Any
 from wsgiref.handlers import BaseHandler
 
 from django.core.wsgi import get_wsgi_application
 
+from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, upgrade_response
@@ -44,6 +47,24 @@ from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer, websocket_o
 __all__ = ["WebsocketRunServer", "application"]
 
 logger = logging.getLogger("ws4redis")
+
+# The websockets this process serves, each in one of runserver's (daemon) threads.
+_open_websockets: weakref.WeakSet[WebSocket] = weakref.WeakSet()
+
+
+@atexit.register
+def _say_goodbye() -> None:
+    """Ctrl-C on runserver: every open websocket gets 1001 before the process (and its threads) ends.
+
+    Django's runserver exits through ``sys.exit`` on KeyboardInterrupt, which runs this; the
+    websocket threads are daemon threads and die with the process, so the close frame is all the
+    peer gets, and all it needs to reconnect at once.
+    """
+    for websocket in list(_open_websockets):
+        try:
+            websocket.close(constants.CLOSE_GOING_AWAY, "server shutting down")
+        except OSError as exc:
+            logger.debug("ws4redis: could not say goodbye to a websocket: %s", exc)
 
 def _wsgiref_request_handler(start_response: StartResponse) -> tuple[BaseHandler, Any]:
     """The wsgiref handler behind ``start_response`` and its socketserver request handler."""
@@ -98,13 +119,27 @@ class WebsocketRunServer(WebsocketWSGIServer):
         sock.sendall(upgrade_response(handshake, subprotocol))
         handler.headers_sent = True
         request_handler.close_connection = True
-        return WebSocket(
+        websocket = WebSocket(
             sock,
             initial=initial,
             max_message_size=private_settings.WS4REDIS_MAX_MESSAGE_SIZE,
             max_fragments=private_settings.max_fragments(),
         )
+        _open_websockets.add(websocket)
+        return websocket
 
 
-# The WSGI entry point: websockets under WEBSOCKET_URL, Django for everything else.
-application = websocket_or_django(WebsocketRunServer(), get_wsgi_application())
+application: Any  # built by the module __getattr__ below on first use
+
+
+def __getattr__(name: str) -> Any:
+    """``application``, the WSGI entry point: websockets under WEBSOCKET_URL, Django for the rest.
+
+    Built on first use, Django first, so the websocket server imports the project's hooks (which may
+    import models) with the app registry ready.
+    """
+    if name != "application":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    django_application = get_wsgi_application()
+    built = globals()["application"] = websocket_or_django(WebsocketRunServer(), django_application)
+    return built

@@ -53,6 +53,7 @@ from redis.retry import Retry
 from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.connection import build_pool, get_connection_pool
+from ws4redis.gevent_redis import cooperative_pool
 from ws4redis.protocol import frame_payload
 from ws4redis.redis_store import RedisMessage
 
@@ -339,7 +340,7 @@ def hub_connection_factory(name: str) -> Callable[[], redis.Connection]:
         "retry": Retry(NoBackoff(), 0),  # the link has its own backoff
         "socket_timeout": None,  # the reader waits with can_read(timeout)
     }
-    pool = build_pool(config)
+    pool = cooperative_pool(build_pool(config))
     connection_class, kwargs = pool.connection_class, pool.connection_kwargs
 
     def make_connection() -> redis.Connection:
@@ -358,7 +359,9 @@ class Hub:
         name: str | None = None,
     ) -> None:
         self.name = name or f"ws4redis-hub:{os.getpid()}"
-        self.client = client if client is not None else HubRedis(connection_pool=get_connection_pool())
+        # Without a gevent patch (uWSGI as 0.6.0 ran it) the hub's own connections use gevent sockets.
+        self.client = client if client is not None else HubRedis(
+            connection_pool=cooperative_pool(get_connection_pool()))
         self.router = ChannelRouter(self, make_connection or hub_connection_factory(self.name))
         self._listeners: dict[bytes, dict[Listener, None]] = {}
         self._pattern_listeners: dict[bytes, dict[Listener, None]] = {}

@@ -1,39 +1,47 @@
 """Websockets under uWSGI with gevent: ``uWSGIWebsocketServer``, and ``application`` for one-module setups.
 
-Run it as::
+The command lines of django-websocket-redis 0.6.0 work unchanged::
 
-    uwsgi --http :8000 --http-websockets --gevent 1000 --gevent-early-monkey-patch \\
-          --module ws4redis.uwsgi_runserver:application
+    uwsgi --http :80 --gevent 100 --http-websockets --module wsgi
+    uwsgi --http-socket /path/to/web.socket --gevent 1000 --http-websockets --workers=2 --master \\
+          --module wsgi_websocket
 
-``application`` sends requests under WEBSOCKET_URL to the websocket server
-and everything else to Django; a project with its own WSGI module (0.6.0's
-``wsgi_websocket.py``) uses ``application = uWSGIWebsocketServer()`` for a
-websocket-only uWSGI instance instead. gevent must be active (``--gevent``)
-and the standard library monkey-patched BEFORE Django is imported
-(``--gevent-early-monkey-patch``, or ``gevent.monkey.patch_all()`` at the top
-of the WSGI module): Redis sockets must yield to other connections instead of
-blocking the worker, and Django's per-thread state (database connections)
-must be per greenlet. ``--gevent-monkey-patch`` patches after the
-application is loaded, which is too late; the server refuses to start then.
+with or without ``--gevent-monkey-patch`` / ``--gevent-early-monkey-patch``,
+where ``wsgi.py`` sends paths under WEBSOCKET_URL to ``uWSGIWebsocketServer()``
+and the rest to Django (``ws4redis.uwsgi_runserver:application`` does both),
+and ``wsgi_websocket.py`` is ``application = uWSGIWebsocketServer()``.
 
-Each worker process serves its websockets from ONE Redis pub/sub connection,
-the worker's :class:`ws4redis.hub.Hub` (``CLIENT LIST`` names it
-``ws4redis-hub:<pid>``), exactly as the gevent server does: channels are
-reference-counted (SUBSCRIBE for the first local listener, UNSUBSCRIBE after
-the last), each message is framed once and the same bytes are queued for
-every local websocket, written with non-blocking writes. The hub is created
-by the first websocket a worker serves, after uWSGI has forked it, so every
-worker gets its own. The request setup (handshake, session, user,
-WS4REDIS_ALLOWED_CHANNELS, the subscriber's channels, the 403/500/503
-answers) is the one of every ws4redis server (``ws4redis.session`` through
+gevent must run (``--gevent N``); the standard library need not be patched.
+Without a patch, or with ``--gevent-monkey-patch`` (which patches only after
+the application is loaded), the hub and the publishing greenlet talk to Redis
+over gevent sockets (:mod:`ws4redis.gevent_redis`), and because the greenlets
+of a worker then share Django's database connections, Django requests and
+websocket set-ups of a worker run one at a time
+(:mod:`ws4redis.database_guard`); ``--gevent-monkey-patch`` also gets one
+warning line saying so. ``--gevent-early-monkey-patch`` gives every greenlet
+its own database connection and needs neither.
+
+Each worker serves its websockets from ONE Redis pub/sub connection, the
+worker's :class:`ws4redis.hub.Hub` (``CLIENT LIST`` names it
+``ws4redis-hub:<pid>``), started when uWSGI has forked the worker, exactly as
+the gevent server does: channels are reference-counted, each message is
+framed once and queued for every local websocket, written with non-blocking
+writes. The request setup (handshake, session, user,
+WS4REDIS_ALLOWED_CHANNELS, the subscriber's channels, the 403/500/503 answers)
+is the one of every ws4redis server (``ws4redis.session`` through
 ``ws4redis.wsgi_server``). The open websocket is the gevent server's
 :class:`ws4redis.gevent_server.WebSocketConnection`, so both servers behave
 alike: bounded send queues (1008 for a client that falls behind), pings and
 WS4REDIS_PING_TIMEOUT (1011), the 0.6.0 heartbeat, messages from clients
 pipelined to Redis by one batching greenlet per worker, and while Redis is
-away open websockets stay connected, new ones get 503 and a client trying
-to publish is closed with 1013 (the hub reconnects, subscribes again and
-re-sends the persisted messages).
+away open websockets stay connected, new ones get 503.
+
+A worker that retires closes its websockets with 1001 first and waits up to
+WS4REDIS_SHUTDOWN_TIMEOUT for them (:class:`Retirement`): on a graceful
+reload (SIGHUP, ``--touch-reload``), on a stop (SIGINT, SIGTERM with
+``--die-on-term``), and when uWSGI recycles it (``--max-requests``,
+``--reload-on-rss``; uWSGI tells an application nothing then, so the worker
+compares the same counters once a second).
 
 uWSGI answers the handshake (``uwsgi.websocket_handshake``, so it knows the
 response has started); the frames are then read and written by the ws4redis
@@ -55,59 +63,97 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import signal
 import socket
 import time
 from typing import Any
 
+import gevent
 import gevent.monkey
 import redis
 import uwsgi
 from django.core.exceptions import ImproperlyConfigured
-from django.core.wsgi import get_wsgi_application
 from gevent.event import Event
 
+from ws4redis import constants
+from ws4redis.database_guard import DatabaseGuard
 from ws4redis.exceptions import HandshakeError
 from ws4redis.gevent_server import PublishBatcher, ServerConfig, WebSocketConnection
 from ws4redis.handshake import Handshake
 from ws4redis.hub import Hub, get_hub
-from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer, setup_failures, websocket_or_django
+from ws4redis.wsgi_server import (
+    StartResponse,
+    WebsocketWSGIServer,
+    ensure_django_setup,
+    setup_failures,
+    websocket_or_django,
+)
 
-__all__ = ["application", "uWSGIWebsocketServer"]
+__all__ = ["Retirement", "application", "uWSGIWebsocketServer"]
 
 logger = logging.getLogger("ws4redis")
 
 UNREACHABLE = "Service Unavailable: the message broker is unreachable"
+STOPPING = "Service Unavailable: the server is stopping"
+# How often a worker compares its counters with --max-requests and --reload-on-rss.
+RECYCLE_CHECK_INTERVAL = 1.0
+
+# Whether Django's database connections are one per greenlet: only when threading was patched
+# before Django made its connection handler, which happens before this module is imported.
+_database_guard = DatabaseGuard()
+_SHARED_DATABASE_CONNECTIONS = not gevent.monkey.is_module_patched("threading")
+
+
+def _option(name: str) -> bytes | bool | None:
+    value = uwsgi.opt.get(name)
+    return value[-1] if isinstance(value, list) else value
+
+
+def _number(name: str, default: int = 0) -> int:
+    value = _option(name)
+    try:
+        return int(value) if isinstance(value, bytes) else default
+    except ValueError:
+        return default
 
 
 class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
     """The websocket application for uWSGI workers running gevent, on the worker's hub."""
 
     def __init__(self, redis_connection: redis.Redis | None = None) -> None:
-        """Refuse to start without gevent, or with the standard library patched too late.
+        """Refuse to start without gevent's loop; set up the worker's hub and retirement after the fork.
 
         ``redis_connection`` publishes and reads persisted messages (default:
         the hub's client on the shared pool). Subscriptions always go through
         the hub; a 0.6.0 subscriber subscribing on ``self._connection.pubsub()``
         needs the default.
         """
-        if uwsgi.opt.get("gevent") is None:
+        if _option("gevent") is None:
             raise ImproperlyConfigured(
                 "ws4redis.uwsgi_runserver needs uWSGI's gevent loop: start uwsgi with --gevent <N>"
             )
-        if not gevent.monkey.is_module_patched("socket"):
-            raise ImproperlyConfigured(
-                "ws4redis.uwsgi_runserver needs the standard library patched by gevent before Django is "
-                "imported: start uwsgi with --gevent-early-monkey-patch (--gevent-monkey-patch is too late)"
-            )
+        ensure_django_setup()
         super().__init__(redis_connection)
         self.config = ServerConfig()
         self._publisher: tuple[int, PublishBatcher] | None = None
         # The open websockets of this worker, each with the event that ends its request.
         self._released: dict[WebSocketConnection, Event] = {}
+        self.retirement = Retirement(self)
+        if _SHARED_DATABASE_CONNECTIONS:
+            _database_guard.install()
+            if _option("gevent-monkey-patch") and not gevent.monkey.is_module_patched("socket"):
+                logger.warning(
+                    "ws4redis: --gevent-monkey-patch patches after Django is loaded, so the greenlets of "
+                    "a worker share Django's database connections; ws4redis serves the Django requests "
+                    "of a worker one at a time. Start uwsgi with --gevent-early-monkey-patch instead "
+                    "to serve them concurrently."
+                )
+        _after_fork(self.retirement.start)
 
     @property
     def hub(self) -> Hub:
-        """This worker's hub, created by its first websocket (after the fork: one per worker)."""
+        """This worker's hub, created after the fork (one per worker)."""
         return get_hub()
 
     @property
@@ -117,6 +163,11 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
         if self._publisher is None or self._publisher[0] != pid:
             self._publisher = (pid, PublishBatcher(self.hub.client))
         return self._publisher[1]
+
+    @property
+    def connections(self) -> list[WebSocketConnection]:
+        """The websockets this worker serves at the moment."""
+        return list(self._released)
 
     def create_subscriber(self) -> Any:
         """WS4REDIS_SUBSCRIBER with its subscriptions recorded for the hub instead of opened."""
@@ -134,10 +185,12 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
     ) -> list[bytes]:
         hub = self.hub
         try:
+            if self.retirement.started:
+                raise HandshakeError(STOPPING, 503)
             if hub.unreachable:
                 # Open websockets wait for Redis to come back; new ones are told to retry later.
                 raise HandshakeError(UNREACHABLE, 503)
-            with setup_failures(environ):
+            with _database_guard.held(), setup_failures(environ):
                 negotiation = self.settle(environ, handshake, subscriber)
             fd = take_connection()
         except HandshakeError as exc:
@@ -153,6 +206,8 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
                     connection.prepare(hub)
                 if connection.refused is not None:
                     raise HandshakeError(f"Service Unavailable: {connection.refused}", 503)
+                if self.retirement.started:
+                    raise HandshakeError(STOPPING, 503)
                 send_upgrade(environ, handshake, negotiation.subprotocol)
             except HandshakeError as exc:
                 return self.refuse(start_response, exc.status, str(exc), exc.headers)
@@ -184,6 +239,114 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
                 return
 
 
+def _after_fork(callback: Any) -> None:
+    """Run ``callback`` in every worker uWSGI forks (also the only one, without --master).
+
+    Under a master, uwsgidecorators keeps a chain of post-fork hooks that
+    project code may add to as well; without one (uwsgidecorators refuses to
+    load then) an existing ``uwsgi.post_fork_hook`` is chained by hand.
+    """
+    if _option("master"):
+        from uwsgidecorators import postfork
+
+        postfork(callback)
+        return
+    previous = getattr(uwsgi, "post_fork_hook", None)
+
+    def hook() -> None:
+        if previous is not None:
+            previous()
+        callback()
+
+    uwsgi.post_fork_hook = hook
+
+
+class Retirement:
+    """How a uWSGI worker leaves: every websocket gets 1001 and WS4REDIS_SHUTDOWN_TIMEOUT to close.
+
+    Started after the fork, it starts the worker's hub (so the first websocket
+    does not wait for Redis) and watches for the ways a worker retires:
+    SIGHUP (graceful reload; uWSGI then waits for the running requests, which
+    is what every websocket is), ``uwsgi.atexit`` (SIGINT/SIGTERM stop the
+    worker's loop and call it), and ``--max-requests`` / ``--reload-on-rss``
+    (uWSGI stops accepting and waits for the running requests without telling
+    the application; the worker compares the same counters as uWSGI does,
+    once a second).
+    """
+
+    def __init__(self, server: uWSGIWebsocketServer) -> None:
+        self.server = server
+        self.started = False
+        self._timer: Any = None
+        self._pid = 0
+
+    def start(self) -> None:
+        """In a freshly forked worker: start its hub and the watchers."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self.started = False
+        self.server.hub.start()
+        gevent.signal_handler(signal.SIGHUP, gevent.spawn, self.retire, "graceful reload")
+        previous = getattr(uwsgi, "atexit", None)
+
+        def at_exit() -> None:
+            self.retire("stop")
+            if previous is not None:
+                previous()
+
+        uwsgi.atexit = at_exit
+        if _number("max-requests") or _number("reload-on-rss"):
+            self._timer = gevent.get_hub().loop.timer(RECYCLE_CHECK_INTERVAL, RECYCLE_CHECK_INTERVAL)
+            self._timer.start(self._check_recycling)
+
+    def _check_recycling(self) -> None:
+        reason = recycle_reason()
+        if reason is not None:
+            self._timer.stop()
+            gevent.spawn(self.retire, reason)
+
+    def retire(self, reason: str) -> None:
+        """Close every websocket with 1001, wait for them (bounded), then let uWSGI end the worker."""
+        if self.started:
+            return
+        self.started = True
+        server = self.server
+        connections = server.connections
+        logger.info("ws4redis: uWSGI worker %d retires (%s): closing %d websockets with 1001",
+                    os.getpid(), reason, len(connections))
+        for connection in connections:
+            connection.close(constants.CLOSE_GOING_AWAY, "server shutting down")
+        deadline = time.monotonic() + server.config.shutdown_timeout
+        while server.connections and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        for connection in server.connections:
+            server.release(connection)  # did not close in time: its request ends anyway
+        server.publisher.close()
+
+
+def recycle_reason() -> str | None:
+    """Why uWSGI recycles this worker at the end of its next request, or None (utils.c's rules)."""
+    worker_id = uwsgi.worker_id()
+    me = next((worker for worker in uwsgi.workers() if worker["id"] == worker_id), None)
+    if me is None or time.time() - me["last_spawn"] < _number("min-worker-lifetime", 10):
+        return None
+    max_requests = _number("max-requests")
+    if max_requests and me["delta_requests"] >= max_requests + (worker_id - 1) * _number(
+            "max-requests-delta"):
+        return "max requests reached"
+    limit = _number("reload-on-rss") * 1024 * 1024
+    if limit and resident_bytes() >= limit:
+        return "reload-on-rss limit reached"
+    return None
+
+
+def resident_bytes() -> int:
+    """This process's resident set size, as uWSGI reads it."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
 def take_connection() -> int:
     """A non-blocking duplicate of uWSGI's connection descriptor (uWSGI keeps and closes its own)."""
     try:
@@ -210,5 +373,35 @@ def send_upgrade(environ: dict[str, Any], handshake: Handshake, subprotocol: str
         ) from exc
 
 
-# The WSGI entry point: websockets under WEBSOCKET_URL, Django for everything else.
-application = websocket_or_django(uWSGIWebsocketServer(), get_wsgi_application())
+application: Any  # built below when uWSGI loads this module, else by __getattr__ on first use
+
+
+def _build_application() -> Any:
+    """Websockets under WEBSOCKET_URL, Django for the rest; Django is set up before the hooks load."""
+    from django.core.wsgi import get_wsgi_application
+
+    django_application = get_wsgi_application()
+    built = globals()["application"] = websocket_or_django(uWSGIWebsocketServer(), django_application)
+    return built
+
+
+def __getattr__(name: str) -> Any:
+    """``application`` for code importing it: a project's wsgi.py importing ``uWSGIWebsocketServer``
+    from here builds nothing."""
+    if name != "application":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _build_application()
+
+
+def _loaded_by_uwsgi() -> bool:
+    """Whether uWSGI's --module/--wsgi names this module (uWSGI looks the callable up directly)."""
+    for key in ("module", "wsgi"):
+        values = uwsgi.opt.get(key)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, bytes) and value.decode().partition(":")[0] == __name__:
+                return True
+    return False
+
+
+if _loaded_by_uwsgi():
+    _build_application()

@@ -67,7 +67,8 @@ from ws4redis.redis_store import RedisMessage
 from ws4redis.session import Negotiation, check_handshake, negotiate, release_database_connections
 
 __all__ = [
-    "EchoFilter", "WebsocketWSGIServer", "deliver", "idle_timeout", "setup_failures", "websocket_or_django",
+    "EchoFilter", "WebsocketWSGIServer", "deliver", "ensure_django_setup", "idle_timeout", "setup_failures",
+    "websocket_or_django",
 ]
 
 logger = logging.getLogger("ws4redis")
@@ -127,6 +128,16 @@ def websocket_or_django(websocket_app: WSGIApplication, django_app: WSGIApplicat
     return application
 
 
+def ensure_django_setup() -> None:
+    """``django.setup()`` unless the app registry is ready (as ``get_wsgi_application`` would)."""
+    from django.apps import apps
+
+    if not apps.ready:
+        import django
+
+        django.setup(set_prefix=False)
+
+
 def idle_timeout(heartbeat: str | None, ping_interval: float | None) -> float | None:
     """Seconds the loop may wait for traffic before it must send a heartbeat or a ping (None: forever)."""
     intervals = [ping_interval] if ping_interval else []
@@ -173,11 +184,16 @@ class WebsocketWSGIServer:
     poll_factory: Callable[[], Any] = staticmethod(lambda: select.poll())
 
     def __init__(self, redis_connection: redis.Redis | None = None) -> None:
-        """Check the settings now, so a misconfiguration stops the server at start-up.
+        """Set Django up if nobody has yet, then check the settings, so a misconfiguration stops the server.
 
+        Django comes first: the hooks named by WS4REDIS_ALLOWED_CHANNELS,
+        WS4REDIS_PROCESS_REQUEST and WS4REDIS_SUBSCRIBER are imported here,
+        and a hook module that imports models needs the app registry (0.6.0's
+        ``wsgi_websocket.py`` builds this server without calling ``django.setup()``).
         ``redis_connection`` is handed to every subscriber (for publishing and
         persisted messages); None uses the shared pool of ws4redis.connection.
         """
+        ensure_django_setup()
         private_settings.validate_settings()
         self.Subscriber = private_settings.subscriber_class()
         self.possible_channels = list(self.Subscriber.subscription_channels) + list(

@@ -87,3 +87,5 @@ WEBSOCKET_URL = "/ws/"
 WS4REDIS_EXPIRE = 3600
 WS4REDIS_PREFIX = None
 WS4REDIS_HEARTBEAT = None
+# A hook module that imports models at the top, as a project's views.py does.
+WS4REDIS_ALLOWED_CHANNELS = "tests.project.hooks.allowed_channels"

@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from tests.project import views
+from tests.project import hooks, views
 
 urlpatterns: list = [
     path("ping", views.ping),
+    path("overlap", hooks.overlap),
 ]
