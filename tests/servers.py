@@ -209,18 +209,22 @@ def uwsgi_binary() -> str:
 def uwsgi(
     site: Site, gevent: int = 1000, extra: list[str] | None = None,
     monkey_patch: str | None = None, workers: int = 1, module: str = "ws4redis.uwsgi_runserver:application",
+    master: bool | None = None, router: bool = True,
 ) -> ServerProcess:
     """uWSGI workers with gevent, its HTTP router in front, serving ``module``.
 
     By default the command line of django-websocket-redis 0.6.0's docs: ``--gevent N`` and no
     monkey-patch flag (``monkey_patch`` names one). One worker runs in the started process
-    itself; more are forked by a master (``--master``), which loads the application before
-    forking, as production setups do.
+    itself; more are forked by a master (``--master``, also for one worker with ``master``), which
+    loads the application before forking, as production setups do.
     """
+    master = workers > 1 if master is None else master
+    # ``router``: uWSGI's own HTTP router in front (--http); else the workers take the clients
+    # themselves (--http-socket), as behind nginx.
     port = free_port()
     args = [
         uwsgi_binary(),
-        "--http", f"127.0.0.1:{port}",
+        "--http" if router else "--http-socket", f"127.0.0.1:{port}",
         "--http-websockets",
         "--gevent", str(gevent),
         *([monkey_patch] if monkey_patch else []),
@@ -228,7 +232,7 @@ def uwsgi(
         "--chdir", str(ROOT),
         "--module", module,
         "--processes", str(workers),
-        *(["--master"] if workers > 1 else []),
+        *(["--master"] if master else []),
         "--need-app",
         "--die-on-term",
         "--disable-logging",

@@ -664,3 +664,33 @@ def test_a_failing_hook_gets_a_readable_500_and_the_server_goes_on(redis_server,
             assert server.alive()
     finally:
         site.cleanup()
+
+
+SESSION_STORES = {
+    # django-redis-sessions, which 0.6.0's docs recommended.
+    "redis_sessions": {"SESSION_ENGINE": "'redis_sessions.session'",
+                       "SESSION_REDIS": "{'url': os.environ['WS4REDIS_TEST_REDIS_URL']}"},
+    # Django's own RedisCache with the cache session engine.
+    "cache": {"SESSION_ENGINE": "'django.contrib.sessions.backends.cache'"},
+}
+
+
+@pytest.mark.parametrize("engine", list(SESSION_STORES))
+@pytest.mark.parametrize("kind", kinds())
+def test_the_session_stores_of_0_6_0_docs_identify_the_user_on_every_server(redis_server, kind, engine):
+    site = servers.Site(redis_server.url, SESSION_STORES[engine], imports="import os").migrate()
+    store = redis.Redis(host=redis_server.host, port=redis_server.port)
+    facility = f"stores{uuid.uuid4().hex[:8]}"
+    try:
+        sessions = site.sessions([{"username": "carol", "groups": ["ops"]}])["users"]
+        with servers.serving(servers.STARTERS[kind](site)) as server:
+            path = f"/ws/{facility}?subscribe-user&subscribe-group"
+            with servers.ws_connect(server, path, session=sessions["carol"]) as ws:
+                assert store.publish(f"user:carol:{facility}", "for carol") == 1
+                assert ws.recv(timeout=RECV_TIMEOUT) == "for carol"
+                assert store.publish(f"group:ops:{facility}", "for ops") == 1
+                assert ws.recv(timeout=RECV_TIMEOUT) == "for ops"
+            assert not server.tracebacks(), server.tracebacks()
+    finally:
+        store.close()
+        site.cleanup()

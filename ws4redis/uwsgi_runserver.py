@@ -287,7 +287,9 @@ class Retirement:
         self._pid = os.getpid()
         self.started = False
         self.server.hub.start()
-        gevent.signal_handler(signal.SIGHUP, gevent.spawn, self.retire, "graceful reload")
+        # Registered once uWSGI's loop runs: uWSGI's own SIGHUP handler, installed when the loop starts,
+        # would otherwise replace this one instead of running beside it.
+        gevent.spawn(gevent.signal_handler, signal.SIGHUP, gevent.spawn, self.retire, "graceful reload")
         previous = getattr(uwsgi, "atexit", None)
 
         def at_exit() -> None:

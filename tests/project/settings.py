@@ -83,6 +83,14 @@ TEMPLATES = [
     }
 ]
 
+# As a project would configure it: what ws4redis says at INFO goes to the server's log.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"ws4redis": {"handlers": ["console"], "level": "INFO"}},
+}
+
 WEBSOCKET_URL = "/ws/"
 WS4REDIS_EXPIRE = 3600
 WS4REDIS_PREFIX = None
