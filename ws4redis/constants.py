@@ -113,6 +113,8 @@ HUB_RECONNECT_MIN_DELAY = 0.1  # seconds before the first attempt to reach Redis
 HUB_RECONNECT_MAX_DELAY = 10.0  # cap of the exponential backoff; each delay gets +-50% jitter
 HUB_HEALTH_CHECK_INTERVAL = 15.0  # seconds between PINGs on the pub/sub connection; 2x silence = dead
 HUB_SUBSCRIBE_TIMEOUT = 5.0  # seconds a new websocket waits for Redis to confirm its SUBSCRIBE
+# Parsed bytes after which the hub's pub/sub parser drops them although unread bytes remain.
+HUB_PARSER_COMPACT_AT = 256 * 1024
 LEGACY_HEARTBEAT_INTERVAL = 4.0  # idle seconds between WS4REDIS_HEARTBEAT messages (0.6.0's select timeout)
 # Bytes the gevent server reads from a websocket per wake-up. Smaller than RECV_SIZE on purpose:
 # one server holds thousands of sockets, and a small read per wake-up keeps memory per connection low.

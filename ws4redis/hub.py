@@ -55,6 +55,7 @@ from ws4redis import settings as private_settings
 from ws4redis.connection import build_pool, get_connection_pool
 from ws4redis.gevent_redis import cooperative_pool
 from ws4redis.protocol import frame_payload
+from ws4redis.pubsub_parser import PubSubParser
 from ws4redis.redis_store import RedisMessage
 
 __all__ = ["ChannelRouter", "Hub", "Listener", "PubSubLink", "SubscriptionRecorder", "get_hub"]
@@ -339,6 +340,7 @@ def hub_connection_factory(name: str) -> Callable[[], redis.Connection]:
         "health_check_interval": 0,  # the link PINGs itself; redis-py's check would eat replies
         "retry": Retry(NoBackoff(), 0),  # the link has its own backoff
         "socket_timeout": None,  # the reader waits with can_read(timeout)
+        "parser_class": PubSubParser,  # a buffer that stays bounded while a burst never pauses
     }
     pool = cooperative_pool(build_pool(config))
     connection_class, kwargs = pool.connection_class, pool.connection_kwargs
