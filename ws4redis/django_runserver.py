@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import socket
 import socketserver
+import time
 import weakref
 from typing import Any
 from wsgiref.handlers import BaseHandler
@@ -104,8 +106,33 @@ def _buffered_bytes(request_handler: Any) -> bytes:
         sock.settimeout(timeout)
 
 
+def _linger(fd: int, limit: float) -> None:
+    """Shut our side, then read until the peer closes (``limit`` seconds at most).
+
+    wsgiref closes the socket after the request; unread input would make that close a reset,
+    which throws away the close frame the peer has not read yet.
+    """
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + limit
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(65536):
+                return
+    except OSError as exc:  # the peer is gone, or took longer than ``limit``: nothing left to wait for
+        logger.debug("ws4redis: websocket closed without the peer's end of stream: %s", exc)
+    finally:
+        sock.detach()
+
+
 class WebsocketRunServer(WebsocketWSGIServer):
     """The websocket application for Django's threaded development server."""
+
+    def serve_websocket(self, websocket: Any, *args: Any, **kwargs: Any) -> None:
+        """The relay of every server, then a close that lets the peer read the close frame."""
+        super().serve_websocket(websocket, *args, **kwargs)
+        _linger(websocket.get_file_descriptor(), private_settings.WS4REDIS_PING_TIMEOUT)
 
     def upgrade_websocket(
         self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake,

@@ -217,7 +217,8 @@ class WebSocketConnection:
         "_fd", "protocol", "subscriber", "channels", "patterns", "echo_filter", "config", "server",
         "peer", "_state", "_queue", "_queued_bytes", "_offset", "_reader", "_watcher", "_blocked",
         "_persisted", "_unpublished", "_in_flight", "_plan", "_last_recv", "_last_heartbeat", "_last_ping",
-        "_unanswered_since", "_closing_since", "_draining_since", "refused",
+        "_unanswered_since", "_closing_since", "_draining_since", "_backlogged_since", "_lingering",
+        "refused",
     )
 
     def __init__(self, fd: int, subscriber: Any, server: WebSocketServer, peer: str, echo: bool) -> None:
@@ -256,6 +257,8 @@ class WebSocketConnection:
         self._unanswered_since = 0.0  # when the oldest ping still without an answer went out
         self._closing_since = 0.0
         self._draining_since = 0.0
+        self._backlogged_since = 0.0  # reading paused: our answers to the peer are over the queue limits
+        self._lingering = False  # all frames out, write side shut: reading until the peer closes too
         self.refused: str | None = None  # why it was closed before the 101 went out (see close())
 
     # --- the hub's side ---------------------------------------------------
@@ -342,7 +345,14 @@ class WebSocketConnection:
                 self._watcher.stop()
                 self._blocked = False
             if self._state == DRAINING:
-                self._schedule_finish()
+                self._linger()
+        if self._backlogged_since and not self._over_limits():
+            self._backlogged_since = 0.0
+            self._resume_reading()
+
+    def _over_limits(self) -> bool:
+        config = self.config
+        return self._queued_bytes > config.queue_bytes or len(self._queue) > config.queue_messages
 
     def _on_writable(self) -> None:
         self._watcher.stop()
@@ -357,13 +367,16 @@ class WebSocketConnection:
             self.peer, len(self._queue), self._queued_bytes, self.config.queue_messages,
             self.config.queue_bytes,
         )
-        # Only whole frames may reach the wire: keep the one already partly written.
+        self._drop_unsent()
+        self.close(constants.CLOSE_POLICY_VIOLATION, "send queue overflow: client too slow")
+        self._end()
+
+    def _drop_unsent(self) -> None:
+        """Forget the queued frames, so that a close frame goes out next; whole frames only reach the wire."""
         queue = self._queue
         kept = queue[:1] if self._offset else []
         self._queue = kept
         self._queued_bytes = len(kept[0]) - self._offset if kept else 0
-        self.close(constants.CLOSE_POLICY_VIOLATION, "send queue overflow: client too slow")
-        self._end()
 
     def _abort(self, reason: str) -> None:
         """The peer is gone: drop everything queued and release the connection."""
@@ -410,6 +423,43 @@ class WebSocketConnection:
         self._draining_since = time.monotonic()
         self.flush()
         if not self._queue and self._state == DRAINING:
+            self._linger()
+
+    def _linger(self) -> None:
+        """Our last frame is out: shut our side and read until the peer closes, within the drain deadline.
+
+        Closing a socket that still holds unread input makes the kernel send a reset, and a peer
+        that is still sending would lose our close frame to it. With the write side shut first the
+        peer reads the frame and then the end of the stream; what it sends meanwhile is discarded.
+        """
+        if self._lingering:
+            return
+        self._lingering = True
+        reader = self._reader
+        if reader is None:
+            return
+        try:
+            sock = socket.socket(fileno=self._fd)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            finally:
+                sock.detach()
+        except OSError as exc:
+            logger.debug("ws4redis: websocket of %s: shutdown failed: %s", self.peer, exc)
+            self._schedule_finish()
+            return
+        reader.stop()
+        reader.start(self._discard)
+
+    def _discard(self) -> None:
+        try:
+            data = os.read(self._fd, constants.SERVER_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._reader.stop()
             self._schedule_finish()
 
     def _schedule_finish(self) -> None:
@@ -459,7 +509,8 @@ class WebSocketConnection:
 
     def _resume_reading(self) -> None:
         reader = self._reader
-        if self._state < DRAINING and self._unpublished is None and not self._in_flight and not reader.active:
+        if (self._state < DRAINING and self._unpublished is None and not self._in_flight
+                and not self._backlogged_since and not reader.active):
             reader.start(self._on_readable)
 
     def _stop_reading(self) -> None:
@@ -505,6 +556,11 @@ class WebSocketConnection:
         if protocol.state is not State.OPEN and self._state < CLOSING:
             self._state = CLOSING  # no data frame may follow the close frame queued by the protocol
         self._send_frames(protocol.data_to_send())
+        if self._over_limits() and not self._backlogged_since:
+            # Pongs and heartbeats for a peer that does not read: read no more until it takes them,
+            # so whatever it sends, what waits for it stays within the queue limits.
+            self._backlogged_since = time.monotonic()
+            self._stop_reading()
         if self._unpublished is not None:
             self._stop_reading()  # as a blocked reader would: the socket buffers what comes next
             plan = self._plan
@@ -618,6 +674,12 @@ class WebSocketConnection:
             return now - self._closing_since < config.ping_timeout
         if self._state != OPEN:
             return True
+        if self._backlogged_since and now - self._backlogged_since >= config.ping_timeout:
+            logger.warning("ws4redis: closing websocket of %s with 1008: it does not read what it asks for "
+                           "(%d bytes waiting for %g s)", self.peer, self._queued_bytes, config.ping_timeout)
+            self._drop_unsent()  # answers to its pings: the close frame goes first
+            self.close(constants.CLOSE_POLICY_VIOLATION, "client does not read")
+            return False
         if self._unanswered_since and now - self._unanswered_since >= config.ping_timeout:
             logger.info("ws4redis: websocket of %s did not answer a ping within %g s; closing with 1011",
                         self.peer, config.ping_timeout)
