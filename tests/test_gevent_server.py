@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import os
+import select
 import socket
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -477,3 +479,75 @@ def test_the_tcp_connection_is_closed_right_after_the_close_handshake(clean_serv
         while chunk := sock.recv(4096):  # a TimeoutError here fails the test
             events.extend(protocol.receive_data(chunk))
     assert [event.code for event in events if isinstance(event, CloseReceived)] == [constants.CLOSE_NORMAL]
+
+
+def _keep_alive_request(sock: socket.socket) -> bytes:
+    """A plain request on a kept-alive connection; returns the whole response (its body is known)."""
+    sock.sendall(b"GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b"a Django page"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def test_a_kept_alive_request_trickled_byte_by_byte_gets_408_at_the_handshake_timeout(redis_server):
+    timeout = 1.5
+    site = gevent_site(redis_server.url, WS4REDIS_HANDSHAKE_TIMEOUT=str(timeout))
+    try:
+        with serving(gevent_server(site)) as server:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                assert _keep_alive_request(sock).startswith(b"HTTP/1.1 200")
+                started = time.monotonic()
+                answer = b""
+                for byte in b"GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"y" * 200:
+                    try:
+                        sock.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    ready, _, _ = select.select([sock], [], [], 0.3)
+                    if ready:
+                        answer = sock.recv(4096)
+                        break
+                    if time.monotonic() - started > 4 * timeout:
+                        break
+                took = time.monotonic() - started
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+            assert took < timeout + 2.0, f"the trickled head was held for {took:.1f} s"
+    finally:
+        site.cleanup()
+
+
+def test_an_idle_kept_alive_connection_is_closed_at_the_handshake_timeout(redis_server):
+    timeout = 1.0
+    site = gevent_site(redis_server.url, WS4REDIS_HANDSHAKE_TIMEOUT=str(timeout))
+    try:
+        with serving(gevent_server(site)) as server:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                assert _keep_alive_request(sock).startswith(b"HTTP/1.1 200")
+                started = time.monotonic()
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+                took = time.monotonic() - started
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+            assert took < timeout + 2.0, f"the idle connection was kept {took:.1f} s"
+    finally:
+        site.cleanup()
+
+
+def test_a_kept_alive_connection_is_closed_after_its_request_budget(redis_server):
+    site = gevent_site(redis_server.url)
+    try:
+        with serving(gevent_server(site)) as server:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                request = b"GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                sock.sendall(request * (constants.MAX_REQUESTS_PER_CONNECTION + 5))
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            assert answer.count(b"HTTP/1.1 200") == constants.MAX_REQUESTS_PER_CONNECTION
+    finally:
+        site.cleanup()

@@ -121,5 +121,7 @@ LEGACY_HEARTBEAT_INTERVAL = 4.0  # idle seconds between WS4REDIS_HEARTBEAT messa
 SERVER_READ_SIZE = 4096
 SERVER_LISTEN_BACKLOG = 2048  # pending TCP connections the kernel queues for the server
 WORKER_RESPAWN_DELAY = 1.0  # seconds before the supervisor replaces a worker that died
+# Plain HTTP requests the gevent server serves on one kept-alive connection before it closes it.
+MAX_REQUESTS_PER_CONNECTION = 100
 SHUTDOWN_KILL_MARGIN = 0.5  # seconds of WS4REDIS_SHUTDOWN_TIMEOUT kept for dropping connections that hang
 EXIT_CONFIG_ERROR = 3  # exit status of a server worker whose settings are wrong: not worth restarting

@@ -772,13 +772,12 @@ class WebSocketHandler(WSGIHandler):
     """pywsgi's handler, reading the first request head itself and serving websockets."""
 
     server: WebSocketServer
-    _first_request_done = False
+    _requests = 0
 
     def handle_one_request(self) -> Any:
-        if self._first_request_done:
-            return super().handle_one_request()  # later requests on a kept-alive connection
-        self._first_request_done = True
+        """Every request head of a connection, the first and each kept-alive one, under the same deadline."""
         config = self.server.config
+        self._requests += 1
         try:
             head = self._read_head(config.handshake_timeout)
         except HandshakeError as exc:
@@ -805,25 +804,40 @@ class WebSocketHandler(WSGIHandler):
         return self._http_request(request_line, head)
 
     def _read_head(self, timeout: float) -> bytes | None:
-        """The request head (blank line included), None on a clean EOF; HandshakeError 408/414/431/400."""
+        """The request head (blank line included), None on a clean EOF.
+
+        The whole head must arrive within ``timeout`` (WS4REDIS_HANDSHAKE_TIMEOUT), however slowly
+        its bytes trickle in, on a new connection as on a kept-alive one: HandshakeError 408 when it
+        does not (also for an idle kept-alive connection, as RFC 9110 allows), 414/431/400 for a
+        head that is too large or broken.
+        """
         limit = constants.MAX_REQUEST_HEAD_SIZE
         data = bytearray()
-        expired = HandshakeError(f"Request Timeout: the request head took longer than {timeout:g} s", 408)
-        with gevent.Timeout(timeout, expired):
-            while True:
-                line = self.rfile.readline(limit + 1 - len(data))
-                if not line:
-                    if data:
-                        raise HandshakeError("Bad Request: connection closed inside the request head", 400)
-                    return None
-                if not data and line in (b"\r\n", b"\n"):
-                    continue  # RFC 9112, section 2.2: ignore empty lines before the request line
-                data += line
-                if line in (b"\r\n", b"\n"):
-                    return bytes(data)
-                if len(data) > limit:
-                    request_head_length(data, limit)  # raises 414 or 431
-                    raise HandshakeError(f"Request Header Fields Too Large: head exceeds {limit} bytes", 431)
+        # The deadline is the gevent timeout below; the socket timeout left by the previous request
+        # (for its body) would end the read as if the peer had closed.
+        self.socket.settimeout(None)
+        try:
+            with gevent.Timeout(timeout):
+                return self._read_head_lines(data, limit)
+        except gevent.Timeout:
+            raise HandshakeError(f"Request Timeout: the request head took longer than {timeout:g} s",
+                                 408) from None
+
+    def _read_head_lines(self, data: bytearray, limit: int) -> bytes | None:
+        while True:
+            line = self.rfile.readline(limit + 1 - len(data))
+            if not line:
+                if data:
+                    raise HandshakeError("Bad Request: connection closed inside the request head", 400)
+                return None
+            if not data and line in (b"\r\n", b"\n"):
+                continue  # RFC 9112, section 2.2: ignore empty lines before the request line
+            data += line
+            if line in (b"\r\n", b"\n"):
+                return bytes(data)
+            if len(data) > limit:
+                request_head_length(data, limit)  # raises 414 or 431
+                raise HandshakeError(f"Request Header Fields Too Large: head exceeds {limit} bytes", 431)
 
     def _http_request(self, request_line: bytes, head: bytes) -> Any:
         """Serve a plain HTTP request whose head was already read, through pywsgi and the application."""
@@ -841,7 +855,9 @@ class WebSocketHandler(WSGIHandler):
             self.rfile = rfile
         self.environ = self.get_environ()
         self.application = self.server.application
-        # An idle kept-alive connection is closed after the same delay as a slow handshake.
+        if self._requests >= constants.MAX_REQUESTS_PER_CONNECTION:
+            self.close_connection = True  # pywsgi answers with Connection: close
+        # A request body that stalls is given up after the same delay as a slow handshake.
         self.socket.settimeout(self.server.config.handshake_timeout)
         self.handle_one_response()
         if self.close_connection or self.rfile.closed:
