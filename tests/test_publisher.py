@@ -133,3 +133,55 @@ def test_fetch_uses_the_prefix(redis_client, make_request):
 def test_fetch_rejects_unknown_audiences(make_request):
     with pytest.raises(ValueError, match="audience"):
         RedisPublisher().fetch_message(make_request(), "news", "everyone")
+
+
+# --- while Redis is away -------------------------------------------------------------------------
+
+DEAD_REDIS = {"host": "127.0.0.1", "port": 1, "db": 0}  # nothing listens on port 1
+
+
+@override_settings(WS4REDIS_CONNECTION=DEAD_REDIS)
+def test_publishing_without_redis_raises_broker_unavailable_which_0_6_0_code_still_catches():
+    import redis
+
+    from ws4redis.redis_errors import BrokerUnavailable
+
+    publisher = RedisPublisher(facility="away", broadcast=True)
+    with pytest.raises(BrokerUnavailable, match="message not published, Redis is unreachable") as raised:
+        publisher.publish_message("lost")
+    assert isinstance(raised.value, redis.ConnectionError)
+    with pytest.raises(BrokerUnavailable):
+        publisher.pipeline_publish_message("lost")
+
+
+def with_broker_middleware():
+    from django.conf import settings
+
+    return override_settings(
+        MIDDLEWARE=[*settings.MIDDLEWARE, "ws4redis.middleware.BrokerUnavailableMiddleware"])
+
+
+@override_settings(WS4REDIS_CONNECTION=DEAD_REDIS)
+def test_a_view_publishing_without_redis_answers_a_readable_503_with_the_middleware():
+    from django.test import Client
+
+    from ws4redis.redis_errors import BrokerUnavailable
+
+    with pytest.raises(BrokerUnavailable):  # without the middleware: Django's 500 path
+        Client().get("/publish?message=hello")
+    with with_broker_middleware():
+        response = Client().get("/publish?message=hello")
+    assert response.status_code == 503
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    assert response["Retry-After"] == "1"
+    assert response.content == b"Service Unavailable: the message broker is unreachable\n"
+
+
+def test_the_view_publishes_with_the_middleware_when_redis_is_there(redis_client, listener):
+    from django.test import Client
+
+    subscribe_confirmed(listener, "broadcast:present")
+    with with_broker_middleware():
+        response = Client().get("/publish?facility=present&message=hello")
+    assert (response.status_code, response.content) == (200, b"1 receivers")
+    assert received(listener, 1) == [("broadcast:present", b"hello")]

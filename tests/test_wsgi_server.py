@@ -694,3 +694,44 @@ def test_the_session_stores_of_0_6_0_docs_identify_the_user_on_every_server(redi
     finally:
         store.close()
         site.cleanup()
+
+
+REDIS_OUTAGE = 5.0
+RESUME_BOUND = 1.0  # the hub retries every 0.2 s at the most; the bound leaves room for a loaded machine
+
+
+@pytest.mark.parametrize("kind", kinds(*HUB_KINDS))
+def test_after_a_redis_outage_the_hub_is_back_at_once_and_nothing_published_after_is_lost(kind):
+    from ws4redis.embedded_redis import EmbeddedRedis
+
+    channel = "broadcast:quick"
+    with EmbeddedRedis() as own_redis:
+        site = servers.Site(own_redis.url)
+        try:
+            with servers.serving(servers.STARTERS[kind](site)) as server, \
+                    servers.ws_connect(server, "/ws/quick?subscribe-broadcast") as listener:
+                own_redis.stop()
+                time.sleep(REDIS_OUTAGE)
+                own_redis.start()
+                up = time.monotonic()
+                store = redis.Redis(host=own_redis.host, port=own_redis.port)
+                try:
+                    counted: list[int] = []  # numbers Redis handed to a subscriber (the hub)
+                    resumed = None
+                    number = 0
+                    while len(counted) < 20 and time.monotonic() - up < RECV_TIMEOUT:
+                        if store.publish(channel, f"after {number}"):
+                            counted.append(number)
+                            resumed = resumed or time.monotonic() - up
+                        number += 1
+                        time.sleep(0.01)
+                finally:
+                    store.close()
+                assert resumed is not None, "the hub never subscribed again"
+                assert resumed < RESUME_BOUND, f"subscribed again {resumed:.3f} s after Redis came back"
+                got = [listener.recv(timeout=RECV_TIMEOUT) for _ in counted]
+                assert got == [f"after {n}" for n in counted]
+                assert counted == list(range(counted[0], counted[0] + len(counted)))
+                print(f"{kind}: subscribed again {resumed * 1000:.0f} ms after Redis was back")
+        finally:
+            site.cleanup()

@@ -109,8 +109,12 @@ DJANGO_DEBUG_ALLOWED_HOSTS = (".localhost", "127.0.0.1", "[::1]")
 
 
 # Gevent server and its per-process pub/sub hub (ws4redis.gevent_server, ws4redis.hub)
-HUB_RECONNECT_MIN_DELAY = 0.1  # seconds before the first attempt to reach Redis again
-HUB_RECONNECT_MAX_DELAY = 10.0  # cap of the exponential backoff; each delay gets +-50% jitter
+# Seconds before the first attempt to reach Redis again, and the cap of the exponential backoff.
+# Each delay is jittered down to half of itself. The cap is low on purpose: a publish that Redis
+# accepts while the hub is still waiting to resubscribe is lost, so the hub is back within 0.2 s
+# of Redis; an attempt on a Redis that is down costs one refused connection.
+HUB_RECONNECT_MIN_DELAY = 0.02
+HUB_RECONNECT_MAX_DELAY = 0.2
 HUB_HEALTH_CHECK_INTERVAL = 15.0  # seconds between PINGs on the pub/sub connection; 2x silence = dead
 HUB_SUBSCRIBE_TIMEOUT = 5.0  # seconds a new websocket waits for Redis to confirm its SUBSCRIBE
 # Parsed bytes after which the hub's pub/sub parser drops them although unread bytes remain.

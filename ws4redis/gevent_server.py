@@ -52,6 +52,7 @@ from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import error_response, parse_request_head, request_head_length, upgrade_response
 from ws4redis.hub import Hub, SubscriptionRecorder, get_hub
 from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol, frame_payload
+from ws4redis.redis_errors import UNAVAILABLE
 from ws4redis.redis_store import PublishPlan, RedisMessage, pooled_connection, uses_publish_plan
 from ws4redis.session import check_handshake, negotiate, release_database_connections
 from ws4redis.wsgi_server import EchoFilter
@@ -62,7 +63,7 @@ logger = logging.getLogger("ws4redis")
 
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 # Redis failures while publishing or reading persisted messages: the websocket survives them.
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+REDIS_ERRORS = UNAVAILABLE
 
 # Connection states, ordered: deliveries are accepted while state <= OPEN; DRAINING reads no more.
 SETUP, OPEN, CLOSING, DRAINING, CLOSED = range(5)

@@ -161,7 +161,7 @@ class PubSubLink:
                     logger.error("ws4redis hub: cannot reach Redis for pub/sub (%s); retrying", exc)
                 else:
                     logger.debug("ws4redis hub: reconnect failed (%s), next attempt in %.2f s", exc, delay)
-                gevent.sleep(delay * random.uniform(0.5, 1.5))
+                gevent.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, constants.HUB_RECONNECT_MAX_DELAY)
                 continue
             delay = constants.HUB_RECONNECT_MIN_DELAY

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from ws4redis import settings as private_settings
+from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
 
 logger = logging.getLogger("ws4redis")
 
@@ -342,10 +343,14 @@ class RedisStore:
         that many seconds, replacing the previous one. The key is written
         BEFORE publishing: a client that subscribes meanwhile may see the
         message twice (persisted and live), never zero times. Every command
-        goes out in one round trip (pipelined, without MULTI).
+        goes out in one round trip (pipelined, without MULTI). Raises
+        :class:`~ws4redis.redis_errors.BrokerUnavailable` when Redis cannot be reached.
         """
         message = self._as_message(message)
-        return self.publish_plan(expire).execute(self._connection, message)
+        try:
+            return self.publish_plan(expire).execute(self._connection, message)
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"message not published, Redis is unreachable: {exc}") from exc
 
     def pipeline_publish_message(
         self, message: Any, expire: int | None = None, transaction: bool = True
@@ -362,7 +367,10 @@ class RedisStore:
                 pipe.set(channel, message, ex=expire)
             publishes.append(len(pipe))
             pipe.publish(channel, message)
-        results = pipe.execute()
+        try:
+            results = pipe.execute()
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"message not published, Redis is unreachable: {exc}") from exc
         return sum(results[index] for index in publishes)
 
     def _get_message_channels(

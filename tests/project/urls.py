@@ -7,4 +7,5 @@ from tests.project import hooks, views
 urlpatterns: list = [
     path("ping", views.ping),
     path("overlap", hooks.overlap),
+    path("publish", views.publish),
 ]

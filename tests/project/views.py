@@ -24,6 +24,15 @@ def ping(request: HttpRequest) -> HttpResponse:
     return HttpResponse("pong", content_type="text/plain")
 
 
+def publish(request: HttpRequest) -> HttpResponse:
+    """Publish ``?message=`` to the broadcast facility ``?facility=``, as a project's view would."""
+    from ws4redis.publisher import RedisPublisher
+
+    publisher = RedisPublisher(facility=request.GET.get("facility", "news"), broadcast=True)
+    receivers = publisher.publish_message(request.GET.get("message", ""))
+    return HttpResponse(f"{receivers} receivers", content_type="text/plain")
+
+
 def allowed_channels(request: HttpRequest, channels: list[str]) -> list[str]:
     """Refuse the facility 'forbidden' outright; on 'readonly' drop every publish channel."""
     facility = request.path_info.rstrip("/").rsplit("/", 1)[-1]

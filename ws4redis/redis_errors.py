@@ -1,0 +1,26 @@
+"""What a Redis failure means for ws4redis' callers: one exception for "the message broker is away".
+
+``RedisPublisher.publish_message`` (and everything built on
+``RedisStore.publish_message``) raises :class:`BrokerUnavailable` when Redis
+cannot be reached or does not answer in time. It is a
+``redis.ConnectionError`` too, so code written for django-websocket-redis
+0.6.0 that catches redis-py's error keeps working; Django projects that add
+``ws4redis.middleware.BrokerUnavailableMiddleware`` answer it with a 503 and
+a readable body instead of the generic 500.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from ws4redis.exceptions import WebSocketError
+
+__all__ = ["UNAVAILABLE", "UNAVAILABLE_TEXT", "BrokerUnavailable"]
+
+# redis-py errors meaning "Redis is not there right now", as opposed to a refused command.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+UNAVAILABLE_TEXT = "Service Unavailable: the message broker is unreachable"
+
+
+class BrokerUnavailable(WebSocketError, redis.ConnectionError):
+    """Redis cannot be reached: the message was not published (retry later)."""
