@@ -309,7 +309,10 @@ def test_cross_origin_upgrades_are_refused_and_allowed_origins_pass(clean_server
     port = clean_server.port
     answer = exchange(port, handshake_request(port, "/ws/chat", extra="Origin: https://evil.example\r\n"))
     assert answer.startswith(b"HTTP/1.1 403") and b"evil.example" in answer
-    with ws(clean_server, "/ws/chat?subscribe-broadcast", origin="http://127.0.0.1:8000") as client:
+    # Another port of the same host is another origin, as for Django's CSRF check.
+    other_port = exchange(port, handshake_request(port, "/ws/chat", extra="Origin: http://127.0.0.1:8089\r\n"))
+    assert other_port.startswith(b"HTTP/1.1 403")
+    with ws(clean_server, "/ws/chat?subscribe-broadcast", origin=f"http://127.0.0.1:{port}") as client:
         RedisPublisher(facility="chat", broadcast=True).publish_message("same origin")
         assert client.recv(timeout=10) == "same origin"
 

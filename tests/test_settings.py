@@ -124,32 +124,41 @@ def test_subscriber_class_resolves_dotted_paths_and_classes():
 # Allowed origins -------------------------------------------------------------------------------
 
 
-@override_settings(WS4REDIS_ALLOWED_ORIGINS=None, ALLOWED_HOSTS=["example.com", ".example.org"], DEBUG=False)
-def test_origins_default_to_allowed_hosts():
+@override_settings(WS4REDIS_ALLOWED_ORIGINS=None, CSRF_TRUSTED_ORIGINS=[])
+def test_by_default_only_the_request_s_own_origin_passes_as_in_django_s_csrf_check():
+    own = "http://example.com:8000"
+    assert private_settings.allowed_origins() == ()
+    assert private_settings.origin_allowed("http://example.com:8000", own)
+    assert private_settings.origin_allowed("HTTP://EXAMPLE.com:8000", own)
+    assert not private_settings.origin_allowed("http://example.com:8089", own)  # another port
+    assert not private_settings.origin_allowed("https://example.com:8000", own)  # another scheme
+    assert not private_settings.origin_allowed("http://sub.example.com:8000", own)
+    assert not private_settings.origin_allowed("https://evil.com", own)
+    assert not private_settings.origin_allowed("null", own)
+    assert not private_settings.origin_allowed("", own)
+    assert not private_settings.origin_allowed("http://example.com:8000", None)  # a Host Django refused
+
+
+@override_settings(WS4REDIS_ALLOWED_ORIGINS=None,
+                   CSRF_TRUSTED_ORIGINS=["https://app.example.com", "https://*.example.org"])
+def test_csrf_trusted_origins_pass_exactly_or_by_subdomain():
+    own = "http://127.0.0.1:8000"
+    assert private_settings.origin_allowed("https://app.example.com", own)
+    assert not private_settings.origin_allowed("http://app.example.com", own)
+    assert private_settings.origin_allowed("https://chat.example.org", own)
+    assert private_settings.origin_allowed("https://a.b.example.org", own)
+    assert not private_settings.origin_allowed("http://chat.example.org", own)
+    assert not private_settings.origin_allowed("https://example.org.evil.com", own)
+
+
+@override_settings(WS4REDIS_ALLOWED_ORIGINS=["example.com", ".example.org"])
+def test_host_patterns_are_an_explicit_opt_in_for_any_scheme_and_port():
     assert private_settings.allowed_origins() == ("example.com", ".example.org")
     assert private_settings.origin_allowed("https://example.com")
     assert private_settings.origin_allowed("http://EXAMPLE.com:8080")
     assert private_settings.origin_allowed("https://sub.example.org")
-    assert private_settings.origin_allowed("https://example.org")
     assert not private_settings.origin_allowed("https://evil.com")
     assert not private_settings.origin_allowed("https://example.com.evil.com")
-    assert not private_settings.origin_allowed("null")
-    assert not private_settings.origin_allowed("")
-
-
-@override_settings(WS4REDIS_ALLOWED_ORIGINS=None, ALLOWED_HOSTS=[], DEBUG=True)
-def test_debug_without_allowed_hosts_allows_what_django_allows():
-    assert private_settings.origin_allowed("http://localhost:8000")
-    assert private_settings.origin_allowed("http://app.localhost:8000")
-    assert private_settings.origin_allowed("http://127.0.0.1:8000")
-    assert private_settings.origin_allowed("http://[::1]:8000")
-    assert not private_settings.origin_allowed("http://example.com")
-
-
-@override_settings(WS4REDIS_ALLOWED_ORIGINS=None, ALLOWED_HOSTS=[], DEBUG=False)
-def test_no_allowed_hosts_without_debug_allows_no_browser_origin():
-    assert private_settings.allowed_origins() == ()
-    assert not private_settings.origin_allowed("http://localhost")
 
 
 def test_a_missing_origin_header_is_allowed():
@@ -162,7 +171,7 @@ def test_star_allows_every_origin():
         assert private_settings.allowed_origins() is None
         assert private_settings.origin_allowed("https://anything.example")
     with override_settings(WS4REDIS_ALLOWED_ORIGINS=None, ALLOWED_HOSTS=["*"]):
-        assert private_settings.origin_allowed("https://anything.example")
+        assert not private_settings.origin_allowed("https://anything.example", "http://here.example")
 
 
 @override_settings(WS4REDIS_ALLOWED_ORIGINS=["https://app.example.com", "https://other.example.com:8443/"])

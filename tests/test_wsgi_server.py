@@ -735,3 +735,46 @@ def test_after_a_redis_outage_the_hub_is_back_at_once_and_nothing_published_afte
                 print(f"{kind}: subscribed again {resumed * 1000:.0f} ms after Redis was back")
         finally:
             site.cleanup()
+
+
+def session_store_site(broker_url: str, store_url: str, engine: str) -> servers.Site:
+    """A site whose sessions live in the Redis at ``store_url``, apart from the message broker's."""
+    overrides = {
+        "redis_sessions": {"SESSION_ENGINE": "'redis_sessions.session'",
+                           "SESSION_REDIS": f"{{'url': {store_url!r}}}"},
+        "cache": {"SESSION_ENGINE": "'django.contrib.sessions.backends.cache'",
+                  "CACHES": f"{{'default': {{'BACKEND': 'django.core.cache.backends.redis.RedisCache', "
+                            f"'LOCATION': {store_url!r}}}}}"},
+    }[engine]
+    return servers.Site(broker_url, overrides).migrate()
+
+
+@pytest.mark.parametrize("engine", list(SESSION_STORES))
+@pytest.mark.parametrize("kind", kinds())
+def test_a_session_store_that_fails_answers_503_never_an_anonymous_websocket(redis_server, kind, engine):
+    from ws4redis.embedded_redis import EmbeddedRedis
+
+    facility = f"blip{uuid.uuid4().hex[:8]}"
+    path = f"/ws/{facility}?subscribe-user&subscribe-group"
+    store = redis.Redis(host=redis_server.host, port=redis_server.port)
+    with EmbeddedRedis() as session_redis:
+        site = session_store_site(redis_server.url, session_redis.url, engine)
+        try:
+            key = site.sessions([{"username": "dave", "groups": ["ops"]}])["users"]["dave"]
+            redis.Redis(host=session_redis.host, port=session_redis.port).save()  # survives the restart
+            with servers.serving(servers.STARTERS[kind](site)) as server:
+                session_redis.stop()
+                headers = {**upgrade_headers(), "Cookie": f"sessionid={key}"}
+                status, _headers, body = servers.http_request(server.port, "GET", path, headers)
+                assert (status, body) == (503, b"Service Unavailable: the session store is unreachable\n")
+                session_redis.start()
+                with servers.ws_connect(server, path, session=key) as ws:
+                    wait_until(lambda: store.publish(f"user:dave:{facility}", "for dave") == 1,
+                               RECV_TIMEOUT, "the user channel subscribed")
+                    assert ws.recv(timeout=RECV_TIMEOUT) == "for dave"
+                    assert store.publish(f"group:ops:{facility}", "for ops") == 1
+                    assert ws.recv(timeout=RECV_TIMEOUT) == "for ops"
+                assert not server.tracebacks(), server.tracebacks()
+        finally:
+            store.close()
+            site.cleanup()

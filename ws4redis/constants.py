@@ -104,8 +104,6 @@ DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds given to open websockets to close on s
 DEFAULT_EXPIRE = 3600  # seconds the last message of a channel stays in Redis
 DEFAULT_REDIS_POOL_SIZE = 50  # publishing connections per process; callers wait when all are busy
 DEFAULT_REDIS_POOL_TIMEOUT = 20.0  # seconds to wait for a free publishing connection
-# Hosts Django accepts when DEBUG is on and ALLOWED_HOSTS is empty (default allowed origins then).
-DJANGO_DEBUG_ALLOWED_HOSTS = (".localhost", "127.0.0.1", "[::1]")
 
 
 # Gevent server and its per-process pub/sub hub (ws4redis.gevent_server, ws4redis.hub)

@@ -42,7 +42,6 @@ from typing import Any
 import gevent
 import gevent.pool
 import redis
-from django.core.exceptions import PermissionDenied
 from gevent.event import Event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
@@ -54,8 +53,8 @@ from ws4redis.hub import Hub, SubscriptionRecorder, get_hub
 from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol, frame_payload
 from ws4redis.redis_errors import UNAVAILABLE
 from ws4redis.redis_store import PublishPlan, RedisMessage, pooled_connection, uses_publish_plan
-from ws4redis.session import check_handshake, negotiate, release_database_connections
-from ws4redis.wsgi_server import EchoFilter
+from ws4redis.session import check_handshake, negotiate
+from ws4redis.wsgi_server import EchoFilter, setup_failures
 
 __all__ = ["ServerConfig", "WebSocketConnection", "WebSocketHandler", "WebSocketServer", "run_worker"]
 
@@ -899,27 +898,16 @@ class WebSocketHandler(WSGIHandler):
             return None
         try:
             handshake = check_handshake(environ)
-            negotiation = negotiate(environ, handshake, server.config.subscriber_class)
-            subscriber = server.config.subscriber_class(server.hub.client)
-            subscriber.set_pubsub_channels(negotiation.request, negotiation.channels)
+            # The answers of every server: 403 from WS4REDIS_ALLOWED_CHANNELS, 503 when Redis (or the
+            # session store) fails, 500 for a bug in a hook; database connections released.
+            with setup_failures(environ):
+                negotiation = negotiate(environ, handshake, server.config.subscriber_class)
+                subscriber = server.config.subscriber_class(server.hub.client)
+                subscriber.set_pubsub_channels(negotiation.request, negotiation.channels)
         except HandshakeError as exc:
             logger.info("ws4redis: refused websocket of %s: %s", peer, exc)
             self._send_raw(error_response(exc))
             return None
-        except PermissionDenied as exc:
-            logger.info("ws4redis: websocket of %s denied: %s", peer, exc)
-            message = f"Forbidden: {exc}" if str(exc) else "Forbidden: channels not allowed"
-            self._send_raw(error_response(HandshakeError(message, 403)))
-            return None
-        except Exception as exc:
-            # A bug in a hook (WS4REDIS_PROCESS_REQUEST, say) fails this handshake with 500, never the server.
-            logger.exception("ws4redis: websocket setup for %s failed", peer)
-            error = HandshakeError(
-                f"Internal Server Error: could not set up the websocket ({type(exc).__name__})", 500)
-            self._send_raw(error_response(error))
-            return None
-        finally:
-            release_database_connections()
         if server.shutting_down:
             self._send_raw(error_response(HandshakeError("Service Unavailable: the server is stopping", 503)))
             subscriber.release()

@@ -20,6 +20,8 @@ from any loop:
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module
@@ -27,6 +29,7 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import connections
 from django.utils.functional import SimpleLazyObject
@@ -36,12 +39,15 @@ from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, headers_from_environ, validate_upgrade
 
+logger = logging.getLogger("ws4redis")
+
 __all__ = [
     "Negotiation",
     "attach_session_and_user",
     "build_request",
     "check_handshake",
     "negotiate",
+    "own_origin",
     "release_database_connections",
     "requested_channels",
 ]
@@ -61,11 +67,21 @@ def check_handshake(environ: Mapping[str, Any]) -> Handshake:
     """Validate the upgrade request and its Origin; HandshakeError tells the client why not."""
     handshake = validate_upgrade(str(environ.get("REQUEST_METHOD", "")), headers_from_environ(environ))
     origin = environ.get("HTTP_ORIGIN")
-    if not private_settings.origin_allowed(origin):
+    if origin is not None and not private_settings.origin_allowed(origin, own_origin(environ)):
         raise HandshakeError(
-            f"Forbidden: origin {origin!r} may not open websockets here (see WS4REDIS_ALLOWED_ORIGINS)", 403
+            f"Forbidden: origin {origin!r} may not open websockets here (Django's CSRF origin rule: "
+            "this site's own origin or CSRF_TRUSTED_ORIGINS; see also WS4REDIS_ALLOWED_ORIGINS)", 403
         )
     return handshake
+
+
+def own_origin(environ: Mapping[str, Any]) -> str | None:
+    """``scheme://host[:port]`` of the request, as Django's CSRF check forms it; None for a bad Host."""
+    request = WSGIRequest({**environ, "wsgi.input": io.BytesIO()})  # the body is never read here
+    try:
+        return f"{'https' if request.is_secure() else 'http'}://{request.get_host()}"
+    except DisallowedHost:
+        return None
 
 
 def attach_session_and_user(request: WSGIRequest) -> None:
@@ -76,17 +92,38 @@ def attach_session_and_user(request: WSGIRequest) -> None:
     looked up lazily, so websockets that only need broadcast channels never
     touch the database. Without django.contrib.sessions (or .auth) installed,
     ``request.session`` (or ``request.user``) is None, as in 0.6.0.
+
+    Session engines turn a store that fails into an empty session (Django's
+    cache engine does, django-redis-sessions too): the websocket of a logged-in
+    user would then be accepted as anonymous, without its user and group
+    channels, while the page shows it connected. So a cookie whose session
+    loads empty is asked about once more with ``exists()``, which does raise;
+    a store that fails answers 503 (:func:`_check_session_store`), and the
+    client retries until its channels really work.
     """
     request.session = None
     request.user = None
     if not apps.is_installed("django.contrib.sessions"):
         return
     engine = import_module(settings.SESSION_ENGINE)
-    request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    request.session = engine.SessionStore(key)
+    if key:
+        _check_session_store(request.session, key)
     if apps.is_installed("django.contrib.auth"):
         from django.contrib.auth import get_user
 
         request.user = SimpleLazyObject(lambda: get_user(request))
+
+
+def _check_session_store(session: Any, key: str) -> None:
+    """HandshakeError 503 when the store behind ``session`` failed instead of answering."""
+    try:
+        if not dict(session.items()):
+            session.exists(key)  # an unknown or expired key: False, a failing store: an exception
+    except Exception as exc:  # any store (cache, Redis, database) fails its own way: all mean "retry"
+        logger.warning("ws4redis: the session store failed while reading a websocket's session: %r", exc)
+        raise HandshakeError("Service Unavailable: the session store is unreachable", 503) from exc
 
 
 def build_request(environ: dict[str, Any]) -> WSGIRequest:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http.request import validate_host
+from django.utils.http import is_same_domain
 from django.utils.module_loading import import_string
 
 from ws4redis import constants
@@ -99,49 +100,68 @@ def max_fragments() -> int:
 
 
 def allowed_origins() -> tuple[str, ...] | None:
-    """The origin patterns allowed to connect; ``None`` means every origin.
+    """The origin patterns of WS4REDIS_ALLOWED_ORIGINS; ``None`` for ``'*'`` (every origin).
 
-    When WS4REDIS_ALLOWED_ORIGINS is unset, the hosts of ALLOWED_HOSTS are used,
-    so a page served by this Django site may connect and foreign pages may not.
-    With an empty ALLOWED_HOSTS and DEBUG on, Django's own development defaults
-    (localhost, 127.0.0.1, [::1]) apply, as they do for HTTP requests.
+    Unset (the default) gives ``()``: only Django's own CSRF rule applies (see
+    :func:`origin_allowed`).
     """
     value = get("WS4REDIS_ALLOWED_ORIGINS")
     if value is None:
-        value = list(getattr(django_settings, "ALLOWED_HOSTS", []))
-        if not value and getattr(django_settings, "DEBUG", False):
-            value = list(constants.DJANGO_DEBUG_ALLOWED_HOSTS)
+        return ()
     if value == "*" or "*" in value:
         return None
     return tuple(pattern.lower().rstrip("/") for pattern in value)
 
 
-def origin_allowed(origin: str | None) -> bool:
+def origin_allowed(origin: str | None, own_origin: str | None = None) -> bool:
     """Whether a handshake carrying this ``Origin`` header may proceed.
+
+    Django's CSRF origin rule decides by default, so a page that may POST to
+    the site may open its websockets and no other: the request's own origin
+    (``own_origin``, ``scheme://host[:port]`` as the request names it), and
+    the origins of CSRF_TRUSTED_ORIGINS (exact, or ``https://*.example.com``
+    for subdomains). Another port or scheme of the same host is another
+    origin: a page there gets the user's cookies but not their channels.
+    WS4REDIS_ALLOWED_ORIGINS adds origins: ``'*'`` (every one), full origins
+    (matched exactly), or host patterns like ALLOWED_HOSTS entries (any scheme
+    and port of those hosts, 0.6.0's looser rule, as an explicit opt-in).
 
     A missing ``Origin`` (non-browser clients do not send one) is allowed: the
     check exists to stop foreign web pages from riding on a user's cookies, and
-    only browsers do that. Host patterns match like ALLOWED_HOSTS entries; full
-    origins (``scheme://host[:port]``) must match exactly.
+    only browsers do that.
     """
     if origin is None:
         return True
-    patterns = allowed_origins()
-    if patterns is None:
-        return True
     origin = origin.strip().lower()
-    if origin in patterns:
+    if own_origin is not None and origin == own_origin.lower():
         return True
     try:
-        host = urlsplit(origin).hostname
+        parsed = urlsplit(origin)
     except ValueError:
         return False
-    if not host:
+    if not parsed.scheme or not parsed.hostname:
         return False
-    if ":" in host:  # IPv6 literal: ALLOWED_HOSTS spells it in brackets
-        host = f"[{host}]"
-    host_patterns = [pattern for pattern in patterns if "://" not in pattern]
-    return validate_host(host, host_patterns)
+    if _csrf_trusted(origin, parsed.scheme, parsed.netloc):
+        return True
+    patterns = allowed_origins()
+    if patterns is None or origin in patterns:
+        return True
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname  # IPv6 as in ALLOWED_HOSTS
+    return validate_host(host, [pattern for pattern in patterns if "://" not in pattern])
+
+
+def _csrf_trusted(origin: str, scheme: str, netloc: str) -> bool:
+    """CSRF_TRUSTED_ORIGINS as Django's CsrfViewMiddleware reads it."""
+    for trusted in getattr(django_settings, "CSRF_TRUSTED_ORIGINS", []):
+        trusted = trusted.lower().rstrip("/")
+        if "*" not in trusted:
+            if origin == trusted:
+                return True
+            continue
+        parts = urlsplit(trusted)
+        if parts.scheme == scheme and is_same_domain(netloc, parts.netloc.lstrip("*")):
+            return True
+    return False
 
 
 def resolve_callable(name: str) -> Callable[..., Any] | None:
