@@ -778,3 +778,21 @@ def test_a_session_store_that_fails_answers_503_never_an_anonymous_websocket(red
         finally:
             store.close()
             site.cleanup()
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_a_page_on_another_port_of_the_same_host_may_not_open_websockets(redis_server, kind):
+    """Django's CSRF origin rule: the browser sends the user's cookies there too, the channels stay closed."""
+    site = servers.Site(redis_server.url)
+    try:
+        with servers.serving(servers.STARTERS[kind](site)) as server:
+            path = "/ws/origins?subscribe-broadcast"
+            for origin in (f"http://127.0.0.1:{server.port + 1}", f"https://127.0.0.1:{server.port}"):
+                headers = {**upgrade_headers(), "Origin": origin}
+                status, _headers, body = servers.http_request(server.port, "GET", path, headers)
+                assert status == 403, (origin, body)
+                assert b"CSRF_TRUSTED_ORIGINS" in body
+            with servers.ws_connect(server, path, origin=f"http://127.0.0.1:{server.port}") as ws:
+                ws.ping().wait(RECV_TIMEOUT)  # the page's own origin is served
+    finally:
+        site.cleanup()
