@@ -675,6 +675,14 @@ SESSION_STORES = {
 }
 
 
+def assert_user_and_group_delivery(ws, store: redis.Redis, user: str, group: str, facility: str) -> None:
+    """``ws`` (on ?subscribe-user&subscribe-group) receives what is published to its user and group."""
+    assert store.publish(f"user:{user}:{facility}", f"for {user}") == 1
+    assert ws.recv(timeout=RECV_TIMEOUT) == f"for {user}"
+    assert store.publish(f"group:{group}:{facility}", f"for {group}") == 1
+    assert ws.recv(timeout=RECV_TIMEOUT) == f"for {group}"
+
+
 @pytest.mark.parametrize("engine", list(SESSION_STORES))
 @pytest.mark.parametrize("kind", kinds())
 def test_the_session_stores_of_0_6_0_docs_identify_the_user_on_every_server(redis_server, kind, engine):
@@ -686,10 +694,7 @@ def test_the_session_stores_of_0_6_0_docs_identify_the_user_on_every_server(redi
         with servers.serving(servers.STARTERS[kind](site)) as server:
             path = f"/ws/{facility}?subscribe-user&subscribe-group"
             with servers.ws_connect(server, path, session=sessions["carol"]) as ws:
-                assert store.publish(f"user:carol:{facility}", "for carol") == 1
-                assert ws.recv(timeout=RECV_TIMEOUT) == "for carol"
-                assert store.publish(f"group:ops:{facility}", "for ops") == 1
-                assert ws.recv(timeout=RECV_TIMEOUT) == "for ops"
+                assert_user_and_group_delivery(ws, store, "carol", "ops", facility)
             assert not server.tracebacks(), server.tracebacks()
     finally:
         store.close()
@@ -769,11 +774,7 @@ def test_a_session_store_that_fails_answers_503_never_an_anonymous_websocket(red
                 assert (status, body) == (503, b"Service Unavailable: the session store is unreachable\n")
                 session_redis.start()
                 with servers.ws_connect(server, path, session=key) as ws:
-                    wait_until(lambda: store.publish(f"user:dave:{facility}", "for dave") == 1,
-                               RECV_TIMEOUT, "the user channel subscribed")
-                    assert ws.recv(timeout=RECV_TIMEOUT) == "for dave"
-                    assert store.publish(f"group:ops:{facility}", "for ops") == 1
-                    assert ws.recv(timeout=RECV_TIMEOUT) == "for ops"
+                    assert_user_and_group_delivery(ws, store, "dave", "ops", facility)
                 assert not server.tracebacks(), server.tracebacks()
         finally:
             store.close()
