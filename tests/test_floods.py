@@ -96,6 +96,7 @@ def test_a_peer_that_floods_and_never_reads_is_held_back_then_closed_with_1008(s
             growth = rss_kib(pids) - before
             assert pushed_back, f"the server read all {sent} bytes of the flood without pushing back"
             assert growth < 2 * QUEUE_BYTES // 1024, f"the server grew by {growth} KiB for {sent} bytes"
+            print(f"{kind}/{answer}: pushed back after {sent} bytes, server grew {growth} KiB")
             if kind != "runserver":  # the development server has no send queue to time out
                 # Still not reading: the server gives up on this peer, and says so.
                 wait_until(lambda: "does not read what it asks for" in server.output_since(mark),
