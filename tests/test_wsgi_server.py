@@ -797,3 +797,30 @@ def test_a_page_on_another_port_of_the_same_host_may_not_open_websockets(redis_s
                 ws.ping().wait(RECV_TIMEOUT)  # the page's own origin is served
     finally:
         site.cleanup()
+
+
+@pytest.mark.parametrize("kind", kinds(*HUB_KINDS))
+def test_when_redis_drops_the_hub_for_its_output_buffer_limit_the_log_says_so_and_delivery_resumes(kind):
+    from ws4redis.embedded_redis import EmbeddedRedis
+
+    channel, path = "broadcast:burst", "/ws/burst?subscribe-broadcast"
+    with EmbeddedRedis() as own_redis:
+        store = redis.Redis(host=own_redis.host, port=own_redis.port)
+        store.config_set("client-output-buffer-limit", "pubsub 65536 32768 60")
+        site = servers.Site(own_redis.url)
+        try:
+            with servers.serving(servers.STARTERS[kind](site)) as server, \
+                    servers.ws_connect(server, path) as listener:
+                mark = server.mark()
+                # One message larger than the hard limit: Redis closes the hub's connection at once.
+                assert store.publish(channel, "x" * 200_000) == 1
+                wait_until(lambda: "client-output-buffer-limit" in server.output_since(mark), RECV_TIMEOUT,
+                           "the log line naming the Redis limit")
+                assert "pubsub 65536 32768 60" in server.output_since(mark)
+                wait_until(lambda: store.publish(channel, "small again") == 1, RECV_TIMEOUT,
+                           "the hub subscribed again")
+                assert listener.recv(timeout=RECV_TIMEOUT) == "small again"
+                assert not server.tracebacks(), server.tracebacks()
+        finally:
+            store.close()
+            site.cleanup()

@@ -106,6 +106,7 @@ class PubSubLink:
         self._closed = False
         self.failing = False  # Redis is unreachable: nobody should wait for confirmations
         self.reconnects = 0
+        self.server_drops = 0  # connections Redis closed while staying reachable (see _explain_drop)
         self._reader: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None
 
@@ -148,12 +149,14 @@ class PubSubLink:
     def _read_forever(self) -> None:
         delay = constants.HUB_RECONNECT_MIN_DELAY
         lost_at: float | None = None
+        dropped = False  # Redis closed a connection that was working: reachable again at once?
         while not self._closed:
             try:
                 connection = self._connect()
             except Exception as exc:
                 self._drop_connection()
                 self.failing = True
+                dropped = False
                 if not isinstance(exc, LINK_ERRORS):
                     logger.exception("ws4redis hub: unexpected error while connecting")
                 if lost_at is None:
@@ -168,6 +171,10 @@ class PubSubLink:
             self.failing = False
             if lost_at is not None:
                 self.reconnects += 1
+                if dropped:
+                    self.server_drops += 1
+                    self._explain_drop()
+                dropped = False
                 resent = self.hub.resend_persisted(self.channels)
                 logger.warning(
                     "ws4redis hub: Redis pub/sub connection restored after a %.1f s gap; messages "
@@ -183,6 +190,7 @@ class PubSubLink:
                     return
                 self.failing = True
                 lost_at = time.monotonic()
+                dropped = isinstance(exc, redis.ConnectionError)
                 if not isinstance(exc, LINK_ERRORS):
                     # A bug must not end the delivery for the whole process: start over.
                     logger.exception("ws4redis hub: unexpected error while routing messages")
@@ -193,6 +201,29 @@ class PubSubLink:
                 )
             finally:
                 self._drop_connection()
+
+    def _explain_drop(self) -> None:
+        """Redis closed the pub/sub connection but answered the very next attempt: say what does that.
+
+        A server that is going away refuses the next connection too; one that closes a single
+        client and stays up is, almost always, enforcing ``client-output-buffer-limit`` for pub/sub
+        clients: a burst outgrew what it lets wait for the hub (32 MB by default).
+        """
+        try:
+            reply = self.hub.client.config_get("client-output-buffer-limit")
+            limits = next(iter(reply.values()), "?")
+        except LINK_ERRORS as exc:  # CONFIG may be renamed or forbidden on managed Redis
+            limits = f"unknown ({exc})"
+        if isinstance(limits, bytes):
+            limits = limits.decode()
+        pubsub = next((part for part in _limit_classes(limits) if part.startswith("pubsub")), limits)
+        logger.warning(
+            "ws4redis hub: Redis closed the pub/sub connection although it is reachable; the usual "
+            "cause is its client-output-buffer-limit for pub/sub clients (now %s: hard bytes, soft "
+            "bytes, soft seconds), exceeded by a burst the hub could not take in time. Messages of "
+            "that burst were lost. Raise it, e.g. CONFIG SET client-output-buffer-limit "
+            "'pubsub 256mb 64mb 60' (and in redis.conf).", pubsub,
+        )
 
     def _connect(self) -> redis.Connection:
         """A fresh connection subscribed to every wanted channel, confirmations read."""
@@ -307,6 +338,12 @@ class PubSubLink:
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             waiter.set()
+
+
+def _limit_classes(limits: str) -> list[str]:
+    """'normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60' -> one string per class."""
+    words = limits.split()
+    return [" ".join(words[index:index + 4]) for index in range(0, len(words), 4)]
 
 
 class ChannelRouter:
