@@ -123,6 +123,9 @@ LEGACY_HEARTBEAT_INTERVAL = 4.0  # idle seconds between WS4REDIS_HEARTBEAT messa
 SERVER_READ_SIZE = 4096
 SERVER_LISTEN_BACKLOG = 2048  # pending TCP connections the kernel queues for the server
 WORKER_RESPAWN_DELAY = 1.0  # seconds before the supervisor replaces a worker that died
+# The bodies of the 503 answers every server gives, and BrokerUnavailableMiddleware for Django views.
+BROKER_UNREACHABLE_TEXT = "Service Unavailable: the message broker is unreachable"
+SERVER_STOPPING_TEXT = "Service Unavailable: the server is stopping"
 # Plain HTTP requests the gevent server serves on one kept-alive connection before it closes it.
 MAX_REQUESTS_PER_CONNECTION = 100
 SHUTDOWN_KILL_MARGIN = 0.5  # seconds of WS4REDIS_SHUTDOWN_TIMEOUT kept for dropping connections that hang

@@ -61,8 +61,6 @@ __all__ = ["ServerConfig", "WebSocketConnection", "WebSocketHandler", "WebSocket
 logger = logging.getLogger("ws4redis")
 
 IOV_MAX = os.sysconf("SC_IOV_MAX")
-# Redis failures while publishing or reading persisted messages: the websocket survives them.
-REDIS_ERRORS = UNAVAILABLE
 
 # Connection states, ordered: deliveries are accepted while state <= OPEN; DRAINING reads no more.
 SETUP, OPEN, CLOSING, DRAINING, CLOSED = range(5)
@@ -185,7 +183,7 @@ class PublishBatcher:
                     else:
                         outcomes.append(None)
                 return outcomes
-            except (*REDIS_ERRORS, OSError) as exc:
+            except (*UNAVAILABLE, OSError) as exc:
                 failure = exc
                 if connection is not None:
                     connection.disconnect()
@@ -481,7 +479,7 @@ class WebSocketConnection:
         self._persisted = []
         try:
             self.subscriber.send_persisted_messages(self)
-        except REDIS_ERRORS as exc:
+        except UNAVAILABLE as exc:
             logger.warning("ws4redis: persisted messages for %s unavailable (%s); the hub re-sends them "
                            "once Redis is back", self.peer, exc)
         persisted, self._persisted = self._persisted, None
@@ -605,7 +603,7 @@ class WebSocketConnection:
         if self._state == CLOSED:
             return
         if error is not None and self._state <= OPEN:
-            if isinstance(error, REDIS_ERRORS):
+            if isinstance(error, UNAVAILABLE):
                 logger.warning("ws4redis: cannot publish the message of %s (%s); closing with 1013",
                                self.peer, error)
                 self.close(constants.CLOSE_TRY_AGAIN_LATER, "message not published: Redis unavailable")
@@ -647,7 +645,7 @@ class WebSocketConnection:
         """Publish one received message; False (and a 1013 close) when Redis cannot take it."""
         try:
             self.subscriber.publish_message(RedisMessage(data))
-        except REDIS_ERRORS as exc:
+        except UNAVAILABLE as exc:
             logger.warning("ws4redis: cannot publish the message of %s (%s); closing with 1013",
                            self.peer, exc)
             self.close(constants.CLOSE_TRY_AGAIN_LATER, "message not published: Redis unavailable")
@@ -893,8 +891,7 @@ class WebSocketHandler(WSGIHandler):
         server = self.server
         if server.hub.unreachable:
             # Open websockets wait for Redis to come back; new ones are told to retry later.
-            self._send_raw(error_response(HandshakeError(
-                "Service Unavailable: the message broker is unreachable", 503)))
+            self._send_raw(error_response(HandshakeError(constants.BROKER_UNREACHABLE_TEXT, 503)))
             return None
         try:
             handshake = check_handshake(environ)
@@ -909,7 +906,7 @@ class WebSocketHandler(WSGIHandler):
             self._send_raw(error_response(exc))
             return None
         if server.shutting_down:
-            self._send_raw(error_response(HandshakeError("Service Unavailable: the server is stopping", 503)))
+            self._send_raw(error_response(HandshakeError(constants.SERVER_STOPPING_TEXT, 503)))
             subscriber.release()
             return None
         return subscriber, negotiation.echo, upgrade_response(handshake, negotiation.subprotocol)

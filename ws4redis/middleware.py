@@ -16,7 +16,8 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from ws4redis.redis_errors import UNAVAILABLE_TEXT, BrokerUnavailable
+from ws4redis.constants import BROKER_UNREACHABLE_TEXT
+from ws4redis.redis_errors import BrokerUnavailable
 
 __all__ = ["BrokerUnavailableMiddleware"]
 
@@ -37,6 +38,7 @@ class BrokerUnavailableMiddleware:
         if not isinstance(exception, BrokerUnavailable):
             return None
         logger.warning("ws4redis: %s %s could not publish: %s", request.method, request.path, exception)
-        response = HttpResponse(UNAVAILABLE_TEXT + "\n", status=503, content_type="text/plain; charset=utf-8")
+        response = HttpResponse(BROKER_UNREACHABLE_TEXT + "\n", status=503,
+                                content_type="text/plain; charset=utf-8")
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response

@@ -15,11 +15,10 @@ import redis
 
 from ws4redis.exceptions import WebSocketError
 
-__all__ = ["UNAVAILABLE", "UNAVAILABLE_TEXT", "BrokerUnavailable"]
+__all__ = ["UNAVAILABLE", "BrokerUnavailable"]
 
 # redis-py errors meaning "Redis is not there right now", as opposed to a refused command.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
-UNAVAILABLE_TEXT = "Service Unavailable: the message broker is unreachable"
 
 
 class BrokerUnavailable(WebSocketError, redis.ConnectionError):

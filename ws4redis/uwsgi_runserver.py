@@ -85,7 +85,6 @@ from ws4redis.hub import Hub, get_hub
 from ws4redis.wsgi_server import (
     StartResponse,
     WebsocketWSGIServer,
-    ensure_django_setup,
     setup_failures,
     websocket_or_django,
 )
@@ -94,8 +93,6 @@ __all__ = ["Retirement", "application", "uWSGIWebsocketServer"]
 
 logger = logging.getLogger("ws4redis")
 
-UNREACHABLE = "Service Unavailable: the message broker is unreachable"
-STOPPING = "Service Unavailable: the server is stopping"
 # How often a worker compares its counters with --max-requests and --reload-on-rss.
 RECYCLE_CHECK_INTERVAL = 1.0
 
@@ -133,8 +130,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
             raise ImproperlyConfigured(
                 "ws4redis.uwsgi_runserver needs uWSGI's gevent loop: start uwsgi with --gevent <N>"
             )
-        ensure_django_setup()
-        super().__init__(redis_connection)
+        super().__init__(redis_connection)  # sets Django up first
         self.config = ServerConfig()
         self._publisher: tuple[int, PublishBatcher] | None = None
         # The open websockets of this worker, each with the event that ends its request.
@@ -186,10 +182,10 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
         hub = self.hub
         try:
             if self.retirement.started:
-                raise HandshakeError(STOPPING, 503)
+                raise HandshakeError(constants.SERVER_STOPPING_TEXT, 503)
             if hub.unreachable:
                 # Open websockets wait for Redis to come back; new ones are told to retry later.
-                raise HandshakeError(UNREACHABLE, 503)
+                raise HandshakeError(constants.BROKER_UNREACHABLE_TEXT, 503)
             with _database_guard.held(), setup_failures(environ):
                 negotiation = self.settle(environ, handshake, subscriber)
             fd = take_connection()
@@ -207,7 +203,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
                 if connection.refused is not None:
                     raise HandshakeError(f"Service Unavailable: {connection.refused}", 503)
                 if self.retirement.started:
-                    raise HandshakeError(STOPPING, 503)
+                    raise HandshakeError(constants.SERVER_STOPPING_TEXT, 503)
                 send_upgrade(environ, handshake, negotiation.subprotocol)
             except HandshakeError as exc:
                 return self.refuse(start_response, exc.status, str(exc), exc.headers)

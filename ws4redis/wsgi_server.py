@@ -170,7 +170,7 @@ def setup_failures(environ: Mapping[str, Any]) -> Iterator[None]:
         raise HandshakeError(f"Forbidden: {exc or 'these channels are not allowed'}", 403) from exc
     except redis.RedisError as exc:
         logger.error("ws4redis: cannot subscribe, Redis failed: %s", exc)
-        raise HandshakeError("Service Unavailable: the message broker is unreachable", 503) from exc
+        raise HandshakeError(constants.BROKER_UNREACHABLE_TEXT, 503) from exc
     except Exception as exc:
         logger.exception("ws4redis: setting up the websocket %s failed", path)
         raise HandshakeError("Internal Server Error: could not set up the websocket", 500) from exc
