@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from ws4redis.__main__ import address_family, parse_bind
+from ws4redis.bind import address_family, parse_bind
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,7 @@ import pytest
 from django.test import override_settings
 
 from tests.servers import ROOT, Site
-from ws4redis.gevent_server import hub_subscriber_class
-from ws4redis.hub import HubRedis, SubscriptionRecorder
+from ws4redis.hub import HubRedis, SubscriptionRecorder, hub_subscriber_class
 from ws4redis.publisher import RedisPublisher
 from ws4redis.subscriber import RedisSubscriber
 

@@ -127,3 +127,76 @@ def test_importing_the_core_loads_no_adapter():
     adapters = [name for name in loaded if name.startswith("ws4redis.") and name not in CORE_MODULES]
     foreign = [name for name in loaded if name.split(".")[0] in THIRD_PARTY_ADAPTER_PACKAGES]
     assert adapters == [] and foreign == []
+
+
+# --- the whole package: one-way imports ---------------------------------------------------------------
+
+FRONT_DOORS = {"ws4redis.gevent_server", "ws4redis.uwsgi_runserver", "ws4redis.django_runserver"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def module_level_imports(path: Path, known: set[str]) -> set[str]:
+    """The ws4redis modules ``path`` imports when it is imported: module level, not under TYPE_CHECKING."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, (ast.If, ast.Try)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+
+    visit(tree.body)
+    return {name for name in found if name in known}
+
+
+def package_graph() -> dict[str, set[str]]:
+    paths = [path for path in (ROOT / "ws4redis").rglob("*.py") if "management" not in path.parts]
+    known = {module_name(path) for path in paths}
+    return {module_name(path): module_level_imports(path, known) - {module_name(path)} for path in paths}
+
+
+def test_the_package_has_no_import_cycle():
+    graph = package_graph()
+    assert graph["ws4redis.uwsgi_runserver"] >= {"ws4redis.server.evented", "ws4redis.server.accept"}
+    cycles = []
+    state: dict[str, int] = {}
+
+    def walk(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph.get(name, ())):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                walk(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name, [name])
+    assert cycles == []
+
+
+def test_the_front_doors_import_the_shared_server_parts_never_each_other():
+    graph = package_graph()
+    for door in FRONT_DOORS:
+        assert graph[door] & FRONT_DOORS == set(), door
+    shared = [name for name in graph if name.startswith("ws4redis.server")]
+    assert len(shared) >= 6
+    for name in shared:
+        assert graph[name] & (FRONT_DOORS | {"ws4redis.wsgi_server"}) == set(), name

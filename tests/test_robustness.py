@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.polling import wait_until
 from tests.servers import (
+    STARTERS,
     ServerProcess,
     Site,
     gevent_server,
@@ -199,20 +200,23 @@ def test_garbage_connections_do_not_hurt_the_server(clean_server):
 # --- keepalive -----------------------------------------------------------------------------------
 
 
-def test_a_peer_that_never_answers_pings_is_closed_with_1011(redis_server):
+@pytest.mark.parametrize("kind", ["gevent", "runserver"])  # uWSGI: tests/test_uwsgi.py
+def test_a_peer_that_never_answers_pings_is_closed_with_1011(redis_server, kind):
+    """Every server follows the keepalive of ws4redis.server.rules (the development server too)."""
     site = Site(redis_server.url, {"WS4REDIS_PING_INTERVAL": "0.3", "WS4REDIS_PING_TIMEOUT": "0.6"})
+    facility = f"keepalive-{kind}"  # the message published below is kept: each run its own channel
     try:
-        with serving(gevent_server(site)) as server:
-            sock, rest = raw_upgrade(server, "/ws/keepalive?subscribe-broadcast")
+        with serving(STARTERS[kind](site)) as server:
+            sock, rest = raw_upgrade(server, f"/ws/{facility}?subscribe-broadcast")
             with sock:
                 events = read_until_closed(sock, rest)
             assert any(isinstance(event, Ping) for event in events)
             assert [close.code for close in close_events(events)] == [constants.CLOSE_INTERNAL_ERROR]
             # A client answering pings (websockets does) stays open across many intervals.
-            with ws(server, "/ws/keepalive?subscribe-broadcast") as client:
+            with ws(server, f"/ws/{facility}?subscribe-broadcast") as client:
                 with pytest.raises(TimeoutError):
                     client.recv(timeout=2.0)
-                RedisPublisher(facility="keepalive", broadcast=True).publish_message("still open")
+                RedisPublisher(facility=facility, broadcast=True).publish_message("still open")
                 assert client.recv(timeout=10) == "still open"
     finally:
         site.cleanup()

@@ -1,7 +1,7 @@
 """What is particular to runserver with WSGI_APPLICATION = 'ws4redis.django_runserver.application'.
 
 The websocket behaviour itself is tested under this server and under uWSGI
-in tests/test_wsgi_server.py.
+in tests/test_servers.py.
 """
 
 from __future__ import annotations

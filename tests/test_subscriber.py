@@ -374,3 +374,22 @@ def test_a_server_may_supply_its_own_subscription(subscribers, make_request, red
     assert numsub(redis_client, "broadcast:own") == {"broadcast:own": 0}
     subscriber.release()
     assert subscriber.subscribed_channels == []
+
+
+def test_subscription_targets_name_what_a_server_routes_to_the_subscriber(subscribers, make_request,
+                                                                          redis_client):
+    from ws4redis.hub import hub_subscriber_class
+
+    request = make_request("/ws/targets")
+    plain = subscribers()
+    assert plain.subscription_targets() == ((), ())
+    plain.set_pubsub_channels(request, ["subscribe-broadcast", "publish-broadcast"])
+    assert plain.subscription_targets() == ((b"broadcast:targets",), ())
+    assert plain.publishes_through(plain._connection)
+    assert not plain.publishes_through(redis_client)
+    recorded = hub_subscriber_class(RedisSubscriber)(redis_client)
+    recorded.set_pubsub_channels(request, ["subscribe-broadcast"])
+    assert recorded.subscription_targets() == ((b"broadcast:targets",), ())
+    assert recorded.get_file_descriptor() is None
+    recorded.release()
+    assert recorded.subscription_targets() == ((), ())

@@ -1,7 +1,7 @@
 """What is particular to uWSGI: start-up checks, and a thousand websockets on one gevent worker.
 
 The websocket behaviour itself is tested under uWSGI, the gevent server and
-the development server in tests/test_wsgi_server.py (Redis restarts there too).
+the development server in tests/test_servers.py (Redis restarts there too).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_each_worker_forked_by_the_master_gets_its_own_hub(redis_server):
 
 
 def test_a_peer_that_never_answers_pings_is_closed_with_1011_and_released(redis_server):
-    """The request greenlet ticks its websocket: pings go out, and a silent peer is let go."""
+    """The worker's ticker looks after its websockets: pings go out, and a silent peer is let go."""
     site = servers.Site(redis_server.url, {"WS4REDIS_PING_INTERVAL": "0.3", "WS4REDIS_PING_TIMEOUT": "0.6"})
     channel = f"broadcast:silent{uuid.uuid4().hex[:8]}"
     store = redis.Redis(host=redis_server.host, port=redis_server.port)

@@ -5,7 +5,7 @@ in a real uWSGI process: the single-server form (its wsgi.py), the same with
 either monkey-patch flag, under a master with several workers, and the
 two-server form (Django on ``--socket``, websockets on ``--http-socket``,
 both on unix sockets as nginx reaches them). The whole cross-server suite
-(tests/test_wsgi_server.py) runs against the single-server form without a
+(tests/test_servers.py) runs against the single-server form without a
 monkey-patch flag; here each form shows that a websocket subscribes, receives,
 publishes and that Django pages answer.
 """

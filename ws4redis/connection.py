@@ -23,46 +23,20 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
-from django.core.exceptions import ImproperlyConfigured
-from redis.connection import SSLConnection, UnixDomainSocketConnection
 
-from ws4redis import constants
 from ws4redis import settings as private_settings
+from ws4redis.redis_config import build_pool
 
-# WS4REDIS_CONNECTION keys that configure the pool rather than each connection.
-POOL_KEYS = {"max_connections": "max_connections", "pool_timeout": "timeout"}
-# Keys that only make sense for TCP connections, dropped for unix sockets.
-TCP_ONLY_KEYS = ("host", "port", "ssl", "socket_keepalive", "socket_keepalive_options")
+__all__ = [
+    "build_pool", "close_connection_pools", "create_pubsub", "get_connection_pool", "get_pubsub_pool",
+    "get_redis_connection",
+]
 
 _lock = threading.Lock()
 _shared_pools: dict[str, redis.ConnectionPool] = {}
 _pubsub_pools: weakref.WeakKeyDictionary[redis.ConnectionPool, redis.ConnectionPool] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def build_pool(config: Mapping[str, Any]) -> redis.ConnectionPool:
-    """A new bounded pool for the connection described by ``config`` (a WS4REDIS_CONNECTION dict)."""
-    options = dict(config)
-    pool_options = {
-        "max_connections": constants.DEFAULT_REDIS_POOL_SIZE,
-        "timeout": constants.DEFAULT_REDIS_POOL_TIMEOUT,
-    }
-    for key, pool_key in POOL_KEYS.items():
-        if key in options:
-            pool_options[pool_key] = options.pop(key)
-    url = options.pop("url", None)
-    if url is not None:
-        return redis.BlockingConnectionPool.from_url(url, **options, **pool_options)
-    socket_path = options.pop("unix_socket_path", None)
-    if socket_path is not None:
-        for key in TCP_ONLY_KEYS:
-            options.pop(key, None)
-        return redis.BlockingConnectionPool(
-            connection_class=UnixDomainSocketConnection, path=socket_path, **options, **pool_options
-        )
-    connection_class = SSLConnection if options.pop("ssl", False) else redis.Connection
-    return redis.BlockingConnectionPool(connection_class=connection_class, **options, **pool_options)
 
 
 def _config_key(config: Mapping[str, Any]) -> str:
@@ -122,60 +96,3 @@ def close_connection_pools() -> None:
         _pubsub_pools.clear()
     for pool in pools:
         pool.disconnect()
-
-
-def _redacted(config: Any) -> Any:
-    """``config`` with passwords masked, fit for an error message."""
-    if not isinstance(config, Mapping):
-        return config
-    shown = dict(config)
-    if shown.get("password"):
-        shown["password"] = "***"
-    url = shown.get("url")
-    if isinstance(url, str) and "@" in url:
-        scheme, _, rest = url.partition("://")
-        shown["url"] = f"{scheme}://***@{rest.rpartition('@')[2]}"
-    return shown
-
-
-def check_connection_settings(config: Any) -> None:
-    """Raise ImproperlyConfigured when ``config`` cannot describe a Redis connection.
-
-    Nothing is sent over the network: the options are handed to redis-py's
-    connection class as a dry run, so an unknown or mistyped key is caught at
-    start-up rather than at the first websocket.
-    """
-    name = "WS4REDIS_CONNECTION"
-    if not isinstance(config, Mapping):
-        raise ImproperlyConfigured(f"{name} must be a dict of redis-py connection options, got {config!r}")
-    expectations = {
-        "host": (lambda v: isinstance(v, str) and v, "a non-empty string"),
-        "port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536,
-                 "an integer between 1 and 65535"),
-        "db": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
-        "password": (lambda v: v is None or isinstance(v, str), "a string or None"),
-        "username": (lambda v: v is None or isinstance(v, str), "a string or None"),
-        "url": (lambda v: isinstance(v, str) and v.partition("://")[0] in ("redis", "rediss", "unix"),
-                "a redis://, rediss:// or unix:// URL"),
-        "unix_socket_path": (lambda v: isinstance(v, str) and v, "a non-empty path"),
-        "ssl": (lambda v: isinstance(v, bool), "True or False"),
-        "max_connections": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                            "an integer > 0"),
-    }
-    for key, (valid, expected) in expectations.items():
-        if key in config and not valid(config[key]):
-            shown = f"a {type(config[key]).__name__}" if key == "password" else repr(config[key])
-            raise ImproperlyConfigured(f"{name}[{key!r}] must be {expected}, got {shown}")
-    if not config.get("ssl") and "url" not in config:
-        ssl_keys = sorted(key for key in config if str(key).startswith("ssl_"))
-        if ssl_keys:
-            raise ImproperlyConfigured(
-                f"{name} has {', '.join(ssl_keys)} but not ssl=True: {_redacted(config)!r}"
-            )
-    try:
-        pool = build_pool(config)
-        pool.connection_class(**pool.connection_kwargs)
-    except (TypeError, ValueError, redis.RedisError) as exc:
-        raise ImproperlyConfigured(
-            f"{name} is not usable by redis-py ({exc}): {_redacted(config)!r}"
-        ) from exc

@@ -40,11 +40,11 @@ from wsgiref.handlers import BaseHandler
 from django.core.wsgi import get_wsgi_application
 
 from ws4redis import constants
-from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, upgrade_response
+from ws4redis.server.accept import StartResponse
 from ws4redis.websocket import WebSocket
-from ws4redis.wsgi_server import StartResponse, WebsocketWSGIServer, websocket_or_django
+from ws4redis.wsgi_server import WebsocketWSGIServer, websocket_or_django
 
 __all__ = ["WebsocketRunServer", "application"]
 
@@ -132,7 +132,7 @@ class WebsocketRunServer(WebsocketWSGIServer):
     def serve_websocket(self, websocket: Any, *args: Any, **kwargs: Any) -> None:
         """The relay of every server, then a close that lets the peer read the close frame."""
         super().serve_websocket(websocket, *args, **kwargs)
-        _linger(websocket.get_file_descriptor(), private_settings.WS4REDIS_PING_TIMEOUT)
+        _linger(websocket.get_file_descriptor(), self.config.ping_timeout)
 
     def upgrade_websocket(
         self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake,
@@ -149,8 +149,8 @@ class WebsocketRunServer(WebsocketWSGIServer):
         websocket = WebSocket(
             sock,
             initial=initial,
-            max_message_size=private_settings.WS4REDIS_MAX_MESSAGE_SIZE,
-            max_fragments=private_settings.max_fragments(),
+            max_message_size=self.config.max_message_size,
+            max_fragments=self.config.max_fragments,
         )
         _open_websockets.add(websocket)
         return websocket

@@ -26,7 +26,7 @@ import threading
 import time
 
 from ws4redis import constants, speedups
-from ws4redis.__main__ import address_family, parse_bind
+from ws4redis.bind import address_family, parse_bind
 from ws4redis.exceptions import ConnectionClosed, HandshakeError
 from ws4redis.handshake import (
     error_response,

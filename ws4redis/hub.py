@@ -11,7 +11,7 @@ websocket. The gevent server instead routes every live message through one
 * One reader greenlet per Redis connection drains every reply already
   buffered, frames each message ONCE (:func:`ws4redis.protocol.frame_payload`)
   and hands the same bytes to every listener, which queues them without
-  blocking (see ``ws4redis.gevent_server.WebSocketConnection``); the
+  blocking (see ``ws4redis.server.evented.WebSocketConnection``); the
   listeners that received something are flushed once per drained batch.
 * When Redis goes away the websockets stay connected: the hub reconnects
   with exponential backoff and jitter, subscribes every channel again,
@@ -56,9 +56,12 @@ from ws4redis.connection import build_pool, get_connection_pool
 from ws4redis.gevent_redis import cooperative_pool
 from ws4redis.protocol import frame_payload
 from ws4redis.pubsub_parser import PubSubParser
-from ws4redis.redis_store import RedisMessage
+from ws4redis.server.rules import forwarded
 
-__all__ = ["ChannelRouter", "Hub", "Listener", "PubSubLink", "SubscriptionRecorder", "get_hub"]
+__all__ = [
+    "ChannelRouter", "Hub", "Listener", "PubSubLink", "SubscriptionRecorder", "get_hub",
+    "hub_subscriber_class",
+]
 
 logger = logging.getLogger("ws4redis")
 
@@ -408,6 +411,9 @@ class Hub:
         self._fanout: dict[bytes, tuple[Listener, ...]] = {}
         self._pattern_fanout: dict[bytes, tuple[Listener, ...]] = {}
         self._pending: list[Listener] = []
+        # Read once: 0.6.0 never forwarded the heartbeat string (nor an empty message).
+        heartbeat = private_settings.WS4REDIS_HEARTBEAT
+        self._heartbeat: bytes | None = heartbeat.encode() if heartbeat else None
         self.closed = False
 
     @property
@@ -497,8 +503,8 @@ class Hub:
             if not members:
                 return  # unsubscribed meanwhile
             listeners = fanout[key] = tuple(members)
-        if not RedisMessage(payload):
-            return  # the heartbeat string or an empty message: 0.6.0 never forwarded those
+        if not forwarded(payload, self._heartbeat):
+            return
         frame = frame_payload(payload)
         name = (channel if pattern else key).decode("utf-8", "replace")
         pending = self._pending
@@ -555,6 +561,15 @@ class HubRedis(redis.Redis):
 
     def pubsub(self, **kwargs: object) -> SubscriptionRecorder:  # type: ignore[override]
         return SubscriptionRecorder()
+
+
+def hub_subscriber_class(base: type) -> type:
+    """``base`` (WS4REDIS_SUBSCRIBER) with its subscriptions recorded for the hub, not opened."""
+
+    def create_subscription(self: object) -> SubscriptionRecorder:
+        return SubscriptionRecorder()
+
+    return type(base.__name__, (base,), {"create_subscription": create_subscription, "__module__": __name__})
 
 
 class SubscriptionRecorder:

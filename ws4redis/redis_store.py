@@ -109,16 +109,30 @@ class RedisMessage(bytes):
         return super().__new__(cls, data)
 
     @classmethod
+    def received(cls, data: bytes) -> RedisMessage:
+        """A client's message that a server's rules (``ws4redis.server.rules.inbound``) already told
+        from the heartbeat: made without looking the heartbeat setting up again."""
+        return bytes.__new__(cls, data)
+
+    @classmethod
     def _from_reply(cls, reply: list | tuple) -> RedisMessage | None:
         """The payload of a ``message``/``pmessage`` pub/sub reply, None for any other reply."""
-        kind = reply[0] if reply else None
-        if isinstance(kind, str):
-            kind = kind.encode()
-        if kind == b"message" and len(reply) >= 3:
-            return cls(reply[2])
-        if kind == b"pmessage" and len(reply) >= 4:
-            return cls(reply[3])
+        value = reply_payload(reply)
+        return None if value is None else cls(value)
+
+
+def reply_payload(reply: Any) -> Any:
+    """The payload of a ``message``/``pmessage`` pub/sub reply as redis-py gave it, None for any other."""
+    if not isinstance(reply, (list, tuple)) or not reply:
         return None
+    kind = reply[0]
+    if isinstance(kind, str):
+        kind = kind.encode()
+    if kind == b"message" and len(reply) >= 3:
+        return reply[2]
+    if kind == b"pmessage" and len(reply) >= 4:
+        return reply[3]
+    return None
 
 
 def _unique(items: Iterable[str]) -> list[str]:
@@ -334,6 +348,10 @@ class RedisStore:
     def publish_plan(self, expire: int | None = None) -> PublishPlan:
         """The channels and expiry of :meth:`publish_message`, settled now, to publish many messages with."""
         return PublishPlan(self._publishers, self._expire_seconds(expire))
+
+    def publishes_through(self, client: Any) -> bool:
+        """Whether this store publishes the standard way over ``client``, so a server may batch for it."""
+        return uses_publish_plan(self) and self._connection is client
 
     def publish_message(self, message: Any, expire: int | None = None) -> int:
         """Publish ``message`` on every channel of this store; return how many subscribers got it.

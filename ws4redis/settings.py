@@ -26,6 +26,7 @@ from django.utils.http import is_same_domain
 from django.utils.module_loading import import_string
 
 from ws4redis import constants
+from ws4redis.redis_config import check_connection_settings
 
 DEFAULTS: dict[str, Any] = {
     # URL path under which websockets are served; the rest of the path is the facility.
@@ -277,9 +278,6 @@ def _check_allowed_origins() -> None:
 
 
 def _check_connection() -> None:
-    # Imported here: ws4redis.connection reads this module, not the other way round.
-    from ws4redis.connection import check_connection_settings
-
     check_connection_settings(get("WS4REDIS_CONNECTION"))
 
 

@@ -36,6 +36,10 @@ from ws4redis.redis_store import SELF, RedisMessage, RedisStore, is_authenticate
 logger = logging.getLogger("ws4redis")
 
 
+def _as_bytes(name: str | bytes) -> bytes:
+    return name.encode() if isinstance(name, str) else bytes(name)
+
+
 class RedisSubscriber(RedisStore):
     """Subscriptions and publish channels of one websocket."""
 
@@ -100,6 +104,14 @@ class RedisSubscriber(RedisStore):
         so the channels travel over its one pub/sub connection per process instead.
         """
         return redis_connections.create_pubsub(self._connection)
+
+    def subscription_targets(self) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        """The channels and the patterns this subscriber subscribed to, for a server to route to it."""
+        subscription = self._subscription
+        if subscription is None:
+            return (), ()
+        return (tuple(_as_bytes(name) for name in subscription.channels),
+                tuple(_as_bytes(name) for name in getattr(subscription, "patterns", ())))
 
     @property
     def subscribed_channels(self) -> list[str]:

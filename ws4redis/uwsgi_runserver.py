@@ -28,9 +28,9 @@ the gevent server does: channels are reference-counted, each message is
 framed once and queued for every local websocket, written with non-blocking
 writes. The request setup (handshake, session, user,
 WS4REDIS_ALLOWED_CHANNELS, the subscriber's channels, the 403/500/503 answers)
-is the one of every ws4redis server (``ws4redis.session`` through
-``ws4redis.wsgi_server``). The open websocket is the gevent server's
-:class:`ws4redis.gevent_server.WebSocketConnection`, so both servers behave
+is the one of every ws4redis server (``ws4redis.server.accept``). The open
+websocket is the evented connection of the gevent server
+(:class:`ws4redis.server.evented.WebSocketConnection`), so both servers behave
 alike: bounded send queues (1008 for a client that falls behind), pings and
 WS4REDIS_PING_TIMEOUT (1011), the 0.6.0 heartbeat, messages from clients
 pipelined to Redis by one batching greenlet per worker, and while Redis is
@@ -79,15 +79,11 @@ from gevent.event import Event
 from ws4redis import constants
 from ws4redis.database_guard import DatabaseGuard
 from ws4redis.exceptions import HandshakeError
-from ws4redis.gevent_server import PublishBatcher, ServerConfig, WebSocketConnection
 from ws4redis.handshake import Handshake
-from ws4redis.hub import Hub, get_hub
-from ws4redis.wsgi_server import (
-    StartResponse,
-    WebsocketWSGIServer,
-    setup_failures,
-    websocket_or_django,
-)
+from ws4redis.hub import Hub, get_hub, hub_subscriber_class
+from ws4redis.server.accept import Accepted, Rejected, StartResponse, accept
+from ws4redis.server.evented import ConnectionSet, PublishBatcher, WebSocketConnection, prepare_connection
+from ws4redis.wsgi_server import WebsocketWSGIServer, websocket_or_django
 
 __all__ = ["Retirement", "application", "uWSGIWebsocketServer"]
 
@@ -131,9 +127,10 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
                 "ws4redis.uwsgi_runserver needs uWSGI's gevent loop: start uwsgi with --gevent <N>"
             )
         super().__init__(redis_connection)  # sets Django up first
-        self.config = ServerConfig()
+        self.subscriber_class = hub_subscriber_class(self.config.subscriber_class)
+        self.connections = ConnectionSet(self.config.tick)
         self._publisher: tuple[int, PublishBatcher] | None = None
-        # The open websockets of this worker, each with the event that ends its request.
+        # The request greenlet of each open websocket waits for its event: set when it is released.
         self._released: dict[WebSocketConnection, Event] = {}
         self.retirement = Retirement(self)
         if _SHARED_DATABASE_CONNECTIONS:
@@ -161,78 +158,54 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
         return self._publisher[1]
 
     @property
-    def connections(self) -> list[WebSocketConnection]:
-        """The websockets this worker serves at the moment."""
-        return list(self._released)
+    def stopping(self) -> bool:
+        return self.retirement.started
 
-    def create_subscriber(self) -> Any:
-        """WS4REDIS_SUBSCRIBER with its subscriptions recorded for the hub instead of opened."""
-        client = self._redis_connection if self._redis_connection is not None else self.hub.client
-        return self.config.subscriber_class(client)
+    def accept(self, environ: dict[str, Any]) -> Accepted | Rejected:
+        """The decision of every server, with this worker's hub, retirement and database guard."""
+        hub = self.hub
+        client = self._redis_connection if self._redis_connection is not None else hub.client
+        return accept(environ, self.subscriber_class, client, broker_unreachable=lambda: hub.unreachable,
+                      stopping=lambda: self.stopping, guard=_database_guard.held)
 
     def release(self, connection: WebSocketConnection) -> None:
-        """Called by ``connection`` (from the event loop) once it is closed: its request may end."""
-        released = self._released.get(connection)
+        """Forget ``connection`` and free what it holds; its request may end (once)."""
+        self.connections.release(connection)
+        released = self._released.pop(connection, None)
         if released is not None:
             released.set()
 
-    def _serve(
-        self, environ: dict[str, Any], start_response: StartResponse, handshake: Handshake, subscriber: Any
+    def serve(
+        self, environ: dict[str, Any], start_response: StartResponse, accepted: Accepted
     ) -> list[bytes]:
-        hub = self.hub
+        """Subscribe, let uWSGI answer 101, then keep the request open while libev watchers serve it."""
         try:
-            if self.retirement.started:
-                raise HandshakeError(constants.SERVER_STOPPING_TEXT, 503)
-            if hub.unreachable:
-                # Open websockets wait for Redis to come back; new ones are told to retry later.
-                raise HandshakeError(constants.BROKER_UNREACHABLE_TEXT, 503)
-            with _database_guard.held(), setup_failures(environ):
-                negotiation = self.settle(environ, handshake, subscriber)
             fd = take_connection()
         except HandshakeError as exc:
-            return self.refuse(start_response, exc.status, str(exc), exc.headers)
+            return Rejected.from_error(exc).send_wsgi(start_response)
         peer = str(environ.get("REMOTE_ADDR", "?"))
-        connection: WebSocketConnection | None = None
         started = False
         try:
+            connection = prepare_connection(fd, accepted, self, self.connections, peer)
+            if isinstance(connection, Rejected):
+                return connection.send_wsgi(start_response)
             try:
-                with setup_failures(environ):
-                    connection = WebSocketConnection(fd, subscriber, self, peer, negotiation.echo)
-                    # Subscribed, and the persisted messages queued, before the client learns it is open.
-                    connection.prepare(hub)
-                if connection.refused is not None:
-                    raise HandshakeError(f"Service Unavailable: {connection.refused}", 503)
-                if self.retirement.started:
-                    raise HandshakeError(constants.SERVER_STOPPING_TEXT, 503)
-                send_upgrade(environ, handshake, negotiation.subprotocol)
+                send_upgrade(environ, accepted.handshake, accepted.subprotocol)
             except HandshakeError as exc:
-                return self.refuse(start_response, exc.status, str(exc), exc.headers)
+                self.release(connection)
+                return Rejected.from_error(exc).send_wsgi(start_response)
             released = self._released[connection] = Event()
             started = True
-            connection.start(b"")  # the descriptor is the connection's from now on
-            self._tick_until_released(connection, released)
+            try:
+                connection.start(b"")  # the descriptor is the connection's from now on
+                if connection in self.connections:
+                    released.wait()
+            finally:
+                self.release(connection)
         finally:
-            if connection is not None:
-                self._released.pop(connection, None)
-                connection.finish(hub)  # closes the descriptor once it is the connection's
             if not started:
                 os.close(fd)
         return []
-
-    def _tick_until_released(self, connection: WebSocketConnection, released: Event) -> None:
-        """Keep uWSGI's request open while libev watchers serve the websocket; tick it meanwhile.
-
-        The ticks are the gevent server's (heartbeat, pings, WS4REDIS_PING_TIMEOUT, the time a
-        closing peer gets); uWSGI's request greenlet exists anyway, so it gives them.
-        """
-        tick = self.config.tick
-        while not released.wait(tick):
-            try:
-                connection.tick(time.monotonic())
-            except Exception:
-                # A bug in one websocket's keepalive ends that websocket, never the uWSGI worker.
-                logger.exception("ws4redis: keepalive of the websocket of %s failed", connection.peer)
-                return
 
 
 def _after_fork(callback: Any) -> None:
@@ -283,6 +256,7 @@ class Retirement:
         self._pid = os.getpid()
         self.started = False
         self.server.hub.start()
+        self.server.connections.start_ticking()
         # Registered once uWSGI's loop runs: uWSGI's own SIGHUP handler, installed when the loop starts,
         # would otherwise replace this one instead of running beside it.
         gevent.spawn(gevent.signal_handler, signal.SIGHUP, gevent.spawn, self.retire, "graceful reload")
@@ -311,14 +285,12 @@ class Retirement:
         self.started = True
         server = self.server
         connections = server.connections
-        logger.info("ws4redis: uWSGI worker %d retires (%s): closing %d websockets with 1001",
-                    os.getpid(), reason, len(connections))
-        for connection in connections:
-            connection.close(constants.CLOSE_GOING_AWAY, "server shutting down")
         deadline = time.monotonic() + server.config.shutdown_timeout
-        while server.connections and time.monotonic() < deadline:
-            gevent.sleep(0.02)
-        for connection in server.connections:
+        count = connections.close_all(constants.CLOSE_GOING_AWAY, "server shutting down")
+        logger.info("ws4redis: uWSGI worker %d retires (%s): closing %d websockets with 1001",
+                    os.getpid(), reason, count)
+        connections.wait_released(deadline - time.monotonic())
+        for connection in connections:
             server.release(connection)  # did not close in time: its request ends anyway
         server.publisher.close()
 

@@ -37,7 +37,8 @@ from tests.polling import wait_until
 from tests.wire import RFC_KEY, client_frame
 from ws4redis import constants
 from ws4redis.protocol import CloseReceived, Message, Ping, WebSocketProtocol
-from ws4redis.wsgi_server import EchoFilter, WebsocketWSGIServer
+from ws4redis.server.rules import EchoFilter
+from ws4redis.wsgi_server import WebsocketWSGIServer
 
 HEARTBEAT = "--heartbeat--"
 MAX_MESSAGE_SIZE = 65536
