@@ -412,8 +412,7 @@ class Hub:
         self._pattern_fanout: dict[bytes, tuple[Listener, ...]] = {}
         self._pending: list[Listener] = []
         # Read once: 0.6.0 never forwarded the heartbeat string (nor an empty message).
-        heartbeat = private_settings.WS4REDIS_HEARTBEAT
-        self._heartbeat: bytes | None = heartbeat.encode() if heartbeat else None
+        self._heartbeat = private_settings.heartbeat_bytes()
         self.closed = False
 
     @property

@@ -79,11 +79,6 @@ def session_groups(request: Any) -> list[str]:
     return list(session.get(SESSION_GROUPS_KEY, []))
 
 
-def _heartbeat_bytes() -> bytes | None:
-    heartbeat = private_settings.WS4REDIS_HEARTBEAT
-    return heartbeat.encode() if heartbeat else None
-
-
 class RedisMessage(bytes):
     """A message on its way to or from Redis: bytes, or None for things that are not messages.
 
@@ -104,7 +99,7 @@ class RedisMessage(bytes):
             return None
         else:
             raise TypeError(f"RedisMessage needs str, bytes or a pub/sub reply, got {type(value).__name__}")
-        if data and data == _heartbeat_bytes():
+        if data and data == private_settings.heartbeat_bytes():
             return None
         return super().__new__(cls, data)
 

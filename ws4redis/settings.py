@@ -92,6 +92,12 @@ def get(name: str) -> Any:
 # Derived values ---------------------------------------------------------------------------------
 
 
+def heartbeat_bytes() -> bytes | None:
+    """WS4REDIS_HEARTBEAT as it travels in frames and through Redis (None: no heartbeat)."""
+    heartbeat = get("WS4REDIS_HEARTBEAT")
+    return heartbeat.encode() if heartbeat else None
+
+
 def max_fragments() -> int:
     """WS4REDIS_MAX_FRAGMENTS, or the bound derived from WS4REDIS_MAX_MESSAGE_SIZE."""
     value = get("WS4REDIS_MAX_FRAGMENTS")

@@ -26,8 +26,7 @@ class ServerConfig:
     def __init__(self, websocket_only: bool = False) -> None:
         self.websocket_url: str = private_settings.WEBSOCKET_URL
         self.websocket_only = websocket_only
-        heartbeat = private_settings.WS4REDIS_HEARTBEAT
-        self.heartbeat: bytes | None = heartbeat.encode() if heartbeat else None
+        self.heartbeat: bytes | None = private_settings.heartbeat_bytes()
         self.ping_interval: float | None = private_settings.WS4REDIS_PING_INTERVAL
         self.ping_timeout: float = private_settings.WS4REDIS_PING_TIMEOUT
         self.queue_bytes: int = private_settings.WS4REDIS_SEND_QUEUE_BYTES
