@@ -221,7 +221,9 @@ class ScriptedWebsocketServer:
     """A websockets server on 127.0.0.1 whose behaviour is chosen by the request path.
 
     /echo sends every message back, /silent never answers, /binary sends one
-    binary frame after the handshake. Each path records what it received.
+    binary frame after the handshake, /unavailable refuses its first
+    REFUSALS handshakes with the 503 ws4redis answers while Redis or the
+    session store is unreachable, then echoes. Each path records what it received.
     Plain HTTP GETs of /page and /ws4redis.js serve a page that loads the
     client with a <script> tag: Chromium refuses websockets to 127.0.0.1 from
     pages of other origins (local network access checks).
@@ -230,12 +232,14 @@ class ScriptedWebsocketServer:
     PAGE = '<!DOCTYPE html><title>ws4redis.js</title><script src="/ws4redis.js"></script>'
 
     BINARY_PAYLOAD = bytes([0, 1, 127, 128, 255])
+    REFUSALS = 2
 
     def __init__(self):
         from websockets.sync.server import serve
 
         self.connections: collections.Counter[str] = collections.Counter()
         self.received: dict[str, list] = collections.defaultdict(list)
+        self.refused = 0
         self._lock = threading.Lock()
         self._server = serve(
             self._handle,
@@ -260,6 +264,12 @@ class ScriptedWebsocketServer:
             "/page": (self.PAGE, "text/html; charset=utf-8"),
             "/ws4redis.js": (WS4REDIS_JS.read_text(), "text/javascript; charset=utf-8"),
         }
+        if request.path == "/unavailable" and self.refused < self.REFUSALS:
+            from ws4redis.constants import BROKER_UNREACHABLE_TEXT
+
+            with self._lock:
+                self.refused += 1
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, BROKER_UNREACHABLE_TEXT + "\n")
         if request.path not in files:
             return None
         body, content_type = files[request.path]
@@ -280,7 +290,7 @@ class ScriptedWebsocketServer:
             for message in connection:
                 with self._lock:
                     self.received[path].append(message)
-                if path == "/echo":
+                if path in ("/echo", "/unavailable"):
                     connection.send(message)
         except ConnectionClosed:
             return
@@ -395,6 +405,20 @@ def test_close_stops_reconnecting_and_sending(client_page, scripted_server):
     client_page.execute_async_script("setTimeout(arguments[arguments.length - 1], 200);")
     assert [entry for entry in client_log(client_page) if entry[0] == "connecting"] == [["connecting", 1]]
     assert scripted_server.connections["/echo"] == 1
+
+
+def test_a_503_refusal_is_retried_until_the_server_accepts(client_page, scripted_server):
+    """While Redis or the session store is away, ws4redis servers answer 503: the client keeps trying."""
+    client_page.execute_script(
+        "start({uri: arguments[0], reconnect_base_delay: 50});", scripted_server.uri("/unavailable")
+    )
+    wait_for_entry(client_page, ["connected"], "the client did not connect after the 503s")
+    assert scripted_server.refused == ScriptedWebsocketServer.REFUSALS
+    attempts = [entry for entry in client_log(client_page) if entry[0] == "connecting"]
+    assert len(attempts) == ScriptedWebsocketServer.REFUSALS + 1
+    client_page.execute_script("client.send_message('through');")
+    wait_for_entry(client_page, ["text", "through"], "the connection after the 503s does not carry messages")
+    assert scripted_server.connections["/unavailable"] == 1
 
 
 def test_send_while_disconnected_reports_false(client_page):
