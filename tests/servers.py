@@ -325,6 +325,30 @@ def uwsgi_0_6_0(site: Site) -> ServerProcess:
 STARTERS = {"runserver": runserver, "uwsgi": uwsgi_0_6_0, "gevent": gevent_server}
 
 
+# --- what a server process holds ----------------------------------------------------------------
+
+
+def process_tree(server: ServerProcess) -> set[int]:
+    """The server's pid and its children's (uWSGI's router, forked workers)."""
+    pid = server.process.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return {pid, *(int(child) for child in children.read().split())}
+
+
+def rss_kib(pids: set[int]) -> int:
+    """Resident memory of ``pids`` together, in KiB."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return total
+
+
+def open_fds(pids: set[int]) -> int:
+    """File descriptors ``pids`` hold open together."""
+    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
+
+
 # --- websocket clients ------------------------------------------------------------------------------
 
 

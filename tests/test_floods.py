@@ -53,20 +53,6 @@ def site(redis_server) -> Iterator[servers.Site]:
     site.cleanup()
 
 
-def rss_kib(pids: set[int]) -> int:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as status:
-            total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return total
-
-
-def server_pids(server: servers.ServerProcess) -> set[int]:
-    pid = server.process.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as children:
-        return {pid, *(int(child) for child in children.read().split())}
-
-
 def flood(sock: socket.socket, frame: bytes) -> tuple[int, bool]:
     """Send ``frame`` over and over without reading; returns (bytes sent, whether the server pushed back)."""
     batch = frame * max(1, 65536 // len(frame))
@@ -88,12 +74,12 @@ def test_a_peer_that_floods_and_never_reads_is_held_back_then_closed_with_1008(s
              else client_frame(constants.OP_TEXT, HEARTBEAT.encode()))
     with servers.serving(STARTERS[kind](site)) as server:
         mark = server.mark()
-        pids = server_pids(server)
+        pids = servers.process_tree(server)
         sock, rest = servers.raw_upgrade(server, "/ws/flood?subscribe-broadcast", receive_buffer=4096)
         with sock:
-            before = rss_kib(pids)
+            before = servers.rss_kib(pids)
             sent, pushed_back = flood(sock, frame)
-            growth = rss_kib(pids) - before
+            growth = servers.rss_kib(pids) - before
             assert pushed_back, f"the server read all {sent} bytes of the flood without pushing back"
             assert growth < 2 * QUEUE_BYTES // 1024, f"the server grew by {growth} KiB for {sent} bytes"
             print(f"{kind}/{answer}: pushed back after {sent} bytes, server grew {growth} KiB")
