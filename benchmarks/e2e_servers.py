@@ -51,9 +51,12 @@ SERVERS = {"gevent": gevent_server, "uwsgi": uwsgi_server}
 
 
 @contextmanager
-def running(kind: str, redis_url: str) -> Iterator[ServerProcess]:
-    """Start a ``kind`` server of the test project on ``redis_url``; always stop it and clean up."""
-    site = Site(redis_url)
+def running(kind: str, redis_url: str, overrides: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Start a ``kind`` server of the test project on ``redis_url``; always stop it and clean up.
+
+    ``overrides`` are settings of the site, as ``tests.servers.Site`` takes them.
+    """
+    site = Site(redis_url, overrides)
     try:
         with serving(SERVERS[kind](site)) as server:
             yield server

@@ -2,6 +2,7 @@
 
     python -m ws4redis serve [--bind 127.0.0.1:8001] [--workers N] [--websocket-only]
                              [--settings myproject.settings]
+    python -m ws4redis stats http://127.0.0.1:8001/metrics [--json]
 
 Why this module imports almost nothing at the top: the order of start-up is
 the whole point. The listening socket is bound and the workers are forked
@@ -17,9 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 
@@ -36,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve websockets (and the Django site) with gevent")
     add_serve_arguments(serve)
     serve.add_argument("--settings", help="Django settings module (default: $DJANGO_SETTINGS_MODULE)")
+    stats = commands.add_parser("stats", help="print the metrics of a running server (WS4REDIS_MONITORING)")
+    stats.add_argument("url", help="the server's metrics endpoint, e.g. http://127.0.0.1:8001/metrics")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -146,7 +152,19 @@ class Supervisor:
         self.children.add(pid)
 
     def run(self) -> int:
-        """Fork the workers and wait for them, replacing the ones that die; the exit status to return."""
+        """Fork the workers and wait for them, replacing the ones that die; the exit status to return.
+
+        The workers share a directory for their metrics snapshots (``ws4redis.metrics``), so a
+        scrape answered by any of them shows them all; it goes when the supervisor does.
+        """
+        directory = tempfile.mkdtemp(prefix="ws4redis-metrics-")
+        os.environ[constants.METRICS_DIR_ENVIRONMENT] = directory
+        try:
+            return self._supervise()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _supervise(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         for _ in range(self.count):
@@ -201,6 +219,10 @@ def serve(bind: str, workers: int, websocket_only: bool, settings: str | None) -
 def main(argv: list[str] | None = None) -> int:
     """``python -m ws4redis``; the process exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "stats":
+        from ws4redis import stats
+
+        return stats.main(args.url, args.json)
     return serve(args.bind, args.workers, args.websocket_only, args.settings)
 
 

@@ -130,3 +130,8 @@ SERVER_STOPPING_TEXT = "Service Unavailable: the server is stopping"
 MAX_REQUESTS_PER_CONNECTION = 100
 SHUTDOWN_KILL_MARGIN = 0.5  # seconds of WS4REDIS_SHUTDOWN_TIMEOUT kept for dropping connections that hang
 EXIT_CONFIG_ERROR = 3  # exit status of a server worker whose settings are wrong: not worth restarting
+
+# Endpoints of WS4REDIS_MONITORING = True, and their paths.
+MONITORING_PATHS = {"metrics": "/metrics", "healthz": "/healthz", "readyz": "/readyz"}
+# Environment variable naming the directory where the workers of one server share metrics snapshots.
+METRICS_DIR_ENVIRONMENT = "WS4REDIS_METRICS_DIR"

@@ -48,7 +48,7 @@ from ws4redis.wsgi_server import WebsocketWSGIServer, websocket_or_django
 
 __all__ = ["WebsocketRunServer", "application"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 # The websockets this process serves, each in one of runserver's (daemon) threads.
 _open_websockets: weakref.WeakSet[WebSocket] = weakref.WeakSet()

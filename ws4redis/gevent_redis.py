@@ -29,7 +29,7 @@ from redis.connection import UnixDomainSocketConnection
 
 __all__ = ["GeventConnection", "GeventUnixConnection", "cooperative_pool", "sockets_block"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 
 def sockets_block() -> bool:

@@ -38,13 +38,15 @@ from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import error_response, parse_request_head, request_head_length
 from ws4redis.hub import Hub, get_hub, hub_subscriber_class
+from ws4redis.metrics import SnapshotWriter, shared_directory
+from ws4redis.server import monitoring
 from ws4redis.server.accept import Rejected, accept
 from ws4redis.server.config import ServerConfig
 from ws4redis.server.evented import ConnectionSet, PublishBatcher, WebSocketConnection, prepare_connection
 
 __all__ = ["WebSocketHandler", "WebSocketServer", "run_worker"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 
 def request_environ(handler: WSGIHandler, method: str, target: str, headers: Any) -> dict[str, Any]:
@@ -102,7 +104,7 @@ class WebSocketHandler(WSGIHandler):
         try:
             head = self._read_head(config.handshake_timeout)
         except HandshakeError as exc:
-            return str(exc.status), error_response(exc)
+            return str(exc.status), Rejected.from_error(exc).http_response()
         except OSError:
             return None
         if head is None:
@@ -110,11 +112,15 @@ class WebSocketHandler(WSGIHandler):
         request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
         parts = request_line.split()
         target = parts[1].decode("latin-1") if len(parts) == 3 else ""
+        endpoint = config.monitoring.get(target.partition("?")[0]) if config.monitoring else None
+        if endpoint is not None:
+            self._send_raw(monitoring.answer(endpoint, self.server.hub, self.server.stopping).http_response())
+            return None
         if target.startswith(config.websocket_url):
             try:
                 method, target, headers = parse_request_head(head)
             except HandshakeError as exc:
-                return str(exc.status), error_response(exc)
+                return str(exc.status), Rejected.from_error(exc).http_response()
             self._serve_websocket(request_environ(self, method, target, headers))
             return None
         if config.websocket_only or self.server.application is None:
@@ -250,7 +256,7 @@ class WebSocketServer(WSGIServer):
         self.config = config
         self.subscriber_class = hub_subscriber_class(config.subscriber_class)
         self._hub = hub
-        self.connections = ConnectionSet(config.tick)
+        self.connections = ConnectionSet(config.tick, "gevent", config.key_prefix)
         self.stopping = False
         self.stopped = Event()
         self._publisher: PublishBatcher | None = None
@@ -315,9 +321,15 @@ def run_worker(listener: socket.socket, websocket_only: bool = False) -> int:
         gevent.signal_handler(signum, gevent.spawn, server.shutdown)
     server.hub.start()
     server.start()
+    directory = shared_directory()
+    snapshots = SnapshotWriter(directory) if directory is not None and config.monitoring else None
+    if snapshots is not None:
+        snapshots.start()
     host, port = listener.getsockname()[:2]
     logger.info("ws4redis: worker %d serving websockets under %s on %s:%d%s", os.getpid(),
                 config.websocket_url, host, port, " (websockets only)" if websocket_only else "")
     server.stopped.wait()
+    if snapshots is not None:
+        snapshots.stop()
     sys.stderr.flush()
     return 0

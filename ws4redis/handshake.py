@@ -26,6 +26,8 @@ __all__ = [
     "error_response",
     "headers_from_environ",
     "parse_request_head",
+    "plain_response",
+    "status_line",
     "request_head_length",
     "upgrade_response",
     "validate_upgrade",
@@ -235,18 +237,28 @@ def upgrade_response(handshake: Handshake, subprotocol: str | None = None) -> by
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def error_response(error: HandshakeError) -> bytes:
-    """A complete HTTP response refusing the handshake, its message as a text body."""
-    body = (str(error) + "\n").encode("utf-8")
+def status_line(status: int) -> str:
+    """``"404 Not Found"``: the status as HTTP and WSGI's ``start_response`` write it."""
     try:
-        phrase = HTTPStatus(error.status).phrase
+        phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        ("Connection", "close"),
-        *error.headers,
+    return f"{status} {phrase}"
+
+
+def plain_response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                   headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection."""
+    lines = [
+        f"HTTP/1.1 {status_line(status)}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in headers),
     ]
-    head = [f"HTTP/1.1 {error.status} {phrase}"] + [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def error_response(error: HandshakeError) -> bytes:
+    """A complete HTTP response refusing the handshake, its message as a text body."""
+    return plain_response(error.status, (str(error) + "\n").encode("utf-8"), headers=error.headers)

@@ -54,6 +54,7 @@ from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.connection import build_pool, get_connection_pool
 from ws4redis.gevent_redis import cooperative_pool
+from ws4redis.metrics import METRICS
 from ws4redis.protocol import frame_payload
 from ws4redis.pubsub_parser import PubSubParser
 from ws4redis.server.rules import forwarded
@@ -63,7 +64,7 @@ __all__ = [
     "hub_subscriber_class",
 ]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 # Errors meaning "this Redis connection is unusable": log, back off, reconnect.
 LINK_ERRORS = (redis.RedisError, OSError)
@@ -112,6 +113,15 @@ class PubSubLink:
         self.server_drops = 0  # connections Redis closed while staying reachable (see _explain_drop)
         self._reader: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._reader is not None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link holds a subscribed Redis connection right now."""
+        return self._ready and self._connection is not None
 
     # --- wanted channels (called by the hub) ------------------------------
 
@@ -174,8 +184,11 @@ class PubSubLink:
             self.failing = False
             if lost_at is not None:
                 self.reconnects += 1
+                METRICS.hub_reconnects += 1
+                METRICS.hub_outage_seconds += time.monotonic() - lost_at
                 if dropped:
                     self.server_drops += 1
+                    METRICS.hub_drops_by_redis += 1
                     self._explain_drop()
                 dropped = False
                 resent = self.hub.resend_persisted(self.channels)
@@ -414,6 +427,19 @@ class Hub:
         # Read once: 0.6.0 never forwarded the heartbeat string (nor an empty message).
         self._heartbeat = private_settings.heartbeat_bytes()
         self.closed = False
+        METRICS.add_gauges(self._gauges)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the hub was started and every link holds its subscribed Redis connection."""
+        links = [link for link in self.router.links if link.started]
+        return not self.closed and bool(links) and all(link.connected for link in links)
+
+    def _gauges(self) -> dict[str, dict[str, float]]:
+        return {
+            "hub_connected": {"": float(self.connected)},
+            "pubsub_connections": {"": sum(link.connected for link in self.router.links)},
+        }
 
     @property
     def unreachable(self) -> bool:
@@ -505,6 +531,7 @@ class Hub:
         if not forwarded(payload, self._heartbeat):
             return
         frame = frame_payload(payload)
+        METRICS.deliveries += len(listeners)
         name = (channel if pattern else key).decode("utf-8", "replace")
         pending = self._pending
         for listener in listeners:
@@ -542,6 +569,7 @@ class Hub:
     def close(self) -> None:
         """Drop every Redis pub/sub connection of the hub; its subscriptions go with them."""
         self.closed = True
+        METRICS.remove_gauges(self._gauges)
         for link in self.router.links:
             link.close()
         self._listeners.clear()

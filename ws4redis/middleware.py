@@ -21,7 +21,7 @@ from ws4redis.redis_errors import BrokerUnavailable
 
 __all__ = ["BrokerUnavailableMiddleware"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 1
 
 

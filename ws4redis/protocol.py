@@ -163,6 +163,9 @@ class WebSocketProtocol:
         self.state = State.OPEN
         self.close_code: int | None = None
         self.close_reason: str = ""
+        # The code of the close frame each way, None while none went that way (for metrics and logs).
+        self.close_sent: int | None = None
+        self.close_received: int | None = None
         self.error: ProtocolError | None = None
         self._parser = FrameParser(
             max_message_size=max_message_size,
@@ -245,6 +248,8 @@ class WebSocketProtocol:
             # and must not go on the wire, so answer a bare close with 1000.
             echoed = constants.CLOSE_NORMAL if code == constants.CLOSE_NO_STATUS else code
             self._send_frame(constants.OP_CLOSE, _CLOSE_CODE.pack(echoed))
+            self.close_sent = echoed
+        self.close_received = code
         self.state = State.CLOSED
         self.close_code = code
         self.close_reason = reason
@@ -256,6 +261,7 @@ class WebSocketProtocol:
         self.error = error
         if self.state is State.OPEN:
             self._send_frame(constants.OP_CLOSE, _close_payload(error.close_code, _short_reason(error)))
+            self.close_sent = error.close_code
         self.state = State.CLOSED
         self.close_code = error.close_code
         self.close_reason = str(error)
@@ -311,6 +317,7 @@ class WebSocketProtocol:
             raise ValueError(f"{code} is not a close code that may be sent")
         payload = _close_payload(code, reason)
         self._send_frame(constants.OP_CLOSE, payload)
+        self.close_sent = code
         self.state = State.CLOSING
         self.close_code = code
         self.close_reason = payload[_CLOSE_CODE.size :].decode("utf-8")

@@ -27,7 +27,7 @@ import redis
 from ws4redis import settings as private_settings
 from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 SESSION_GROUPS_KEY = "ws4redis:memberof"
 

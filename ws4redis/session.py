@@ -39,7 +39,7 @@ from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, headers_from_environ, validate_upgrade
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Negotiation",

@@ -66,10 +66,13 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_HANDSHAKE_TIMEOUT": constants.DEFAULT_HANDSHAKE_TIMEOUT,
     # Seconds open websockets get to close cleanly when the server stops.
     "WS4REDIS_SHUTDOWN_TIMEOUT": constants.DEFAULT_SHUTDOWN_TIMEOUT,
+    # Metrics and health endpoints of the gevent server and uWSGI: None (off), True (/metrics,
+    # /healthz, /readyz) or a dict moving ({"metrics": "/ws/_metrics"}) or dropping (None) some.
+    "WS4REDIS_MONITORING": None,
 }
 
-__all__ = [*DEFAULTS, "allowed_origins", "max_fragments", "origin_allowed", "resolve_callable",
-           "subscriber_class", "validate_settings"]
+__all__ = [*DEFAULTS, "allowed_origins", "max_fragments", "monitoring_paths", "origin_allowed",
+           "resolve_callable", "subscriber_class", "validate_settings"]
 
 
 def __getattr__(name: str) -> Any:
@@ -104,6 +107,17 @@ def max_fragments() -> int:
     if value is None:
         return constants.default_max_fragments(get("WS4REDIS_MAX_MESSAGE_SIZE"))
     return value
+
+
+def monitoring_paths() -> dict[str, str]:
+    """WS4REDIS_MONITORING as ``{path: endpoint}`` (endpoints: ``metrics``, ``healthz``, ``readyz``)."""
+    value = get("WS4REDIS_MONITORING")
+    if not value:
+        return {}
+    chosen = dict(constants.MONITORING_PATHS)
+    if isinstance(value, dict):
+        chosen.update(value)
+    return {path: endpoint for endpoint, path in chosen.items() if path is not None}
 
 
 def allowed_origins() -> tuple[str, ...] | None:
@@ -283,6 +297,22 @@ def _check_allowed_origins() -> None:
                 )
 
 
+def _check_monitoring() -> None:
+    value = get("WS4REDIS_MONITORING")
+    if value is None or isinstance(value, bool):
+        return
+    expected = (f"None, True or a dict of {sorted(constants.MONITORING_PATHS)} to paths "
+                "starting with '/' (or None to leave one out)")
+    if not isinstance(value, dict) or not set(value) <= set(constants.MONITORING_PATHS):
+        raise _fail("WS4REDIS_MONITORING", value, expected)
+    paths = [path for path in value.values() if path is not None]
+    if not all(isinstance(path, str) and path.startswith("/") and "?" not in path for path in paths):
+        raise _fail("WS4REDIS_MONITORING", value, expected)
+    chosen = [path for path in {**constants.MONITORING_PATHS, **value}.values() if path is not None]
+    if len(chosen) != len(set(chosen)):
+        raise _fail("WS4REDIS_MONITORING", value, "a dict giving each endpoint its own path")
+
+
 def _check_connection() -> None:
     check_connection_settings(get("WS4REDIS_CONNECTION"))
 
@@ -307,3 +337,4 @@ def validate_settings() -> None:
     _check_int("WS4REDIS_SEND_QUEUE_MESSAGES", 1)
     _check_seconds("WS4REDIS_HANDSHAKE_TIMEOUT")
     _check_seconds("WS4REDIS_SHUTDOWN_TIMEOUT", allow_zero=True)
+    _check_monitoring()

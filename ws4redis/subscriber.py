@@ -33,7 +33,7 @@ from ws4redis import connection as redis_connections
 from ws4redis import settings as private_settings
 from ws4redis.redis_store import SELF, RedisMessage, RedisStore, is_authenticated, session_key
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 
 def _as_bytes(name: str | bytes) -> bytes:

@@ -67,6 +67,7 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import gevent
@@ -81,13 +82,15 @@ from ws4redis.database_guard import DatabaseGuard
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake
 from ws4redis.hub import Hub, get_hub, hub_subscriber_class
+from ws4redis.metrics import SnapshotWriter, shared_directory
+from ws4redis.server import monitoring
 from ws4redis.server.accept import Accepted, Rejected, StartResponse, accept
 from ws4redis.server.evented import ConnectionSet, PublishBatcher, WebSocketConnection, prepare_connection
 from ws4redis.wsgi_server import WebsocketWSGIServer, websocket_or_django
 
 __all__ = ["Retirement", "application", "uWSGIWebsocketServer"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 # How often a worker compares its counters with --max-requests and --reload-on-rss.
 RECYCLE_CHECK_INTERVAL = 1.0
@@ -128,7 +131,7 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
             )
         super().__init__(redis_connection)  # sets Django up first
         self.subscriber_class = hub_subscriber_class(self.config.subscriber_class)
-        self.connections = ConnectionSet(self.config.tick)
+        self.connections = ConnectionSet(self.config.tick, "uwsgi", self.config.key_prefix)
         self._publisher: tuple[int, PublishBatcher] | None = None
         # The request greenlet of each open websocket waits for its event: set when it is released.
         self._released: dict[WebSocketConnection, Event] = {}
@@ -160,6 +163,14 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
     @property
     def stopping(self) -> bool:
         return self.retirement.started
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """A monitoring endpoint (WS4REDIS_MONITORING), or else a websocket."""
+        monitored = self.config.monitoring
+        endpoint = monitored.get(environ.get("PATH_INFO", "")) if monitored else None
+        if endpoint is not None:
+            return monitoring.answer(endpoint, self.hub, self.stopping).send_wsgi(start_response)
+        return super().__call__(environ, start_response)
 
     def accept(self, environ: dict[str, Any]) -> Accepted | Rejected:
         """The decision of every server, with this worker's hub, retirement and database guard."""
@@ -248,6 +259,7 @@ class Retirement:
         self.started = False
         self._timer: Any = None
         self._pid = 0
+        self._snapshots: SnapshotWriter | None = None
 
     def start(self) -> None:
         """In a freshly forked worker: start its hub and the watchers."""
@@ -257,6 +269,10 @@ class Retirement:
         self.started = False
         self.server.hub.start()
         self.server.connections.start_ticking()
+        directory = shared_directory()
+        if directory is not None and self.server.config.monitoring:
+            self._snapshots = SnapshotWriter(directory)
+            self._snapshots.start()
         # Registered once uWSGI's loop runs: uWSGI's own SIGHUP handler, installed when the loop starts,
         # would otherwise replace this one instead of running beside it.
         gevent.spawn(gevent.signal_handler, signal.SIGHUP, gevent.spawn, self.retire, "graceful reload")
@@ -293,6 +309,8 @@ class Retirement:
         for connection in connections:
             server.release(connection)  # did not close in time: its request ends anyway
         server.publisher.close()
+        if self._snapshots is not None:
+            self._snapshots.stop()
 
 
 def recycle_reason() -> str | None:

@@ -71,6 +71,11 @@ class WebSocket:
         return self._protocol.state is not State.OPEN
 
     @property
+    def protocol(self) -> WebSocketProtocol:
+        """The sans-I/O state of this websocket (close codes each way, for logs and metrics)."""
+        return self._protocol
+
+    @property
     def close_code(self) -> int | None:
         """The peer's close code (1005: none given, 1006: connection lost), else the one we sent."""
         return self._protocol.close_code

@@ -42,7 +42,7 @@ from ws4redis.server.relay import relay
 
 __all__ = ["WebsocketWSGIServer", "ensure_django_setup", "websocket_or_django"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 WSGIApplication = Callable[[dict[str, Any], StartResponse], Any]
 
@@ -52,12 +52,14 @@ _READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | s
 def websocket_or_django(websocket_app: WSGIApplication, django_app: WSGIApplication) -> WSGIApplication:
     """One WSGI application: ``websocket_app`` under WEBSOCKET_URL, ``django_app`` for the rest.
 
-    The runserver and uWSGI adapters share this rule. WEBSOCKET_URL is read per request, so
+    The runserver and uWSGI adapters share this rule; the paths of WS4REDIS_MONITORING go to
+    ``websocket_app`` too (uWSGI's answers them). Both settings are read per request, so
     overridden settings (tests) apply.
     """
 
     def application(environ: dict[str, Any], start_response: StartResponse) -> Any:
-        if environ.get("PATH_INFO", "").startswith(private_settings.WEBSOCKET_URL):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(private_settings.WEBSOCKET_URL) or path in private_settings.monitoring_paths():
             return websocket_app(environ, start_response)
         return django_app(environ, start_response)
 
@@ -153,14 +155,16 @@ class WebsocketWSGIServer:
         except HandshakeError as exc:
             logger.error("ws4redis: cannot upgrade %s: %s", environ.get("PATH_INFO"), exc)
             return Rejected.from_error(exc).send_wsgi(start_response)
-        self.serve_websocket(websocket, accepted.subscriber, accepted.echo, accepted.persisted)
+        self.serve_websocket(websocket, accepted.subscriber, accepted.echo, accepted.persisted,
+                             peer=str(environ.get("REMOTE_ADDR", "?")), path=accepted.path)
         return []
 
     def serve_websocket(
-        self, websocket: Any, subscriber: Any, echo: bool, persisted: Iterable[bytes] = ()
+        self, websocket: Any, subscriber: Any, echo: bool, persisted: Iterable[bytes] = (),
+        peer: str = "?", path: str = "",
     ) -> None:
         """Send the ``persisted`` messages, then relay between ``websocket`` and Redis; never raises."""
-        relay(websocket, subscriber, echo, persisted, self.config, self._readable)
+        relay(websocket, subscriber, echo, persisted, self.config, self._readable, peer, path)
 
     def _readable(self, descriptors: list[int], timeout: float | None) -> list[int]:
         return self.select(descriptors, [], [], timeout)[0]

@@ -21,7 +21,6 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 import redis
@@ -29,12 +28,13 @@ from django.core.exceptions import PermissionDenied
 
 from ws4redis import constants
 from ws4redis.exceptions import HandshakeError
-from ws4redis.handshake import Handshake, error_response, upgrade_response
+from ws4redis.handshake import Handshake, error_response, status_line, upgrade_response
+from ws4redis.metrics import METRICS
 from ws4redis.session import check_handshake, negotiate, release_database_connections
 
 __all__ = ["Accepted", "Rejected", "accept", "setup_failures"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 
@@ -48,6 +48,7 @@ class Accepted:
     echo: bool
     subprotocol: str | None
     persisted: list[bytes] = field(default_factory=list)
+    path: str = ""
 
     def upgrade_response(self) -> bytes:
         """The 101 Switching Protocols response head."""
@@ -67,18 +68,16 @@ class Rejected:
         return cls(error.status, str(error), tuple(error.headers))
 
     def http_response(self) -> bytes:
-        """The complete response, for a server that writes to the socket itself."""
+        """The complete response, for a server that writes to the socket itself (counted as a rejection)."""
+        METRICS.rejected(self.status)
         return error_response(HandshakeError(self.text, self.status, list(self.headers)))
 
     def send_wsgi(self, start_response: StartResponse) -> list[bytes]:
-        """The response through WSGI's ``start_response``; returns the body to hand back."""
+        """The response through WSGI's ``start_response``; returns the body to hand back (counted)."""
+        METRICS.rejected(self.status)
         body = (self.text + "\n").encode("utf-8")
-        try:
-            phrase = HTTPStatus(self.status).phrase
-        except ValueError:
-            phrase = "Error"
         start_response(
-            f"{self.status} {phrase}",
+            status_line(self.status),
             [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
              *self.headers],
         )
@@ -168,4 +167,5 @@ def accept(
         return SERVER_STOPPING
     logger.debug("ws4redis: %s subscribed to %s, publishing on %s", environ.get("PATH_INFO"),
                  subscriber.subscribed_channels, sorted(subscriber.publishers))
-    return Accepted(handshake, subscriber, negotiation.echo, negotiation.subprotocol, persisted)
+    return Accepted(handshake, subscriber, negotiation.echo, negotiation.subprotocol, persisted,
+                    str(environ.get("PATH_INFO", "")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ws4redis import constants
 from ws4redis import settings as private_settings
+from ws4redis.redis_store import get_prefix
 
 __all__ = ["ServerConfig"]
 
@@ -20,7 +21,7 @@ class ServerConfig:
     __slots__ = (
         "websocket_url", "websocket_only", "heartbeat", "ping_interval", "ping_timeout", "queue_bytes",
         "queue_messages", "max_message_size", "max_fragments", "handshake_timeout", "shutdown_timeout",
-        "tick", "subscriber_class",
+        "tick", "subscriber_class", "key_prefix", "monitoring",
     )
 
     def __init__(self, websocket_only: bool = False) -> None:
@@ -44,3 +45,6 @@ class ServerConfig:
             ticks.append(constants.LEGACY_HEARTBEAT_INTERVAL)
         self.tick: float = min(ticks) / 2
         self.subscriber_class: type = private_settings.subscriber_class()  # WS4REDIS_SUBSCRIBER
+        self.key_prefix: bytes = get_prefix().encode()
+        # path -> what it answers ("metrics", "healthz", "readyz"), from WS4REDIS_MONITORING
+        self.monitoring: dict[str, str] = private_settings.monitoring_paths()

@@ -38,16 +38,18 @@ import redis
 from gevent.event import Event
 
 from ws4redis import constants
+from ws4redis.metrics import METRICS, audience_of
 from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol, frame_payload
 from ws4redis.redis_errors import UNAVAILABLE
 from ws4redis.redis_store import PublishPlan, RedisMessage, pooled_connection
+from ws4redis.server import journal
 from ws4redis.server.accept import BROKER_UNREACHABLE, SERVER_STOPPING, Accepted, Rejected
 from ws4redis.server.interfaces import ConnectionHost, PublishListener
 from ws4redis.server.rules import Due, EchoFilter, Inbound, Keepalive, inbound, publish_failure
 
 __all__ = ["ConnectionSet", "PublishBatcher", "WebSocketConnection", "prepare_connection"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
 
 IOV_MAX = os.sysconf("SC_IOV_MAX")
 
@@ -164,10 +166,12 @@ class WebSocketConnection:
         "_fd", "protocol", "subscriber", "channels", "patterns", "echo_filter", "config", "host",
         "peer", "_phase", "_queue", "_queued_bytes", "_offset", "_reader", "_watcher", "_blocked",
         "_persisted", "_unpublished", "_in_flight", "_plan", "keepalive", "_closing_since", "_draining_since",
-        "_backlogged_since", "_lingering", "refused",
+        "_backlogged_since", "_lingering", "refused", "server", "path", "_opened_at", "messages_in",
+        "frames_out", "bytes_out",
     )
 
-    def __init__(self, fd: int, subscriber: Any, host: ConnectionHost, peer: str, echo: bool) -> None:
+    def __init__(self, fd: int, subscriber: Any, host: ConnectionHost, peer: str, echo: bool,
+                 server: str = "", path: str = "") -> None:
         config = host.config
         self._fd = fd
         self.protocol = WebSocketProtocol(max_message_size=config.max_message_size,
@@ -200,15 +204,23 @@ class WebSocketConnection:
         self._backlogged_since = 0.0  # reading paused: our answers to the peer are over the queue limits
         self._lingering = False  # all frames out, write side shut: reading until the peer closes too
         self.refused: str | None = None  # why it was closed before the 101 went out (see close())
+        self.server = server
+        self.path = path
+        self._opened_at = 0.0  # when the 101 went out; 0 before
+        self.messages_in = 0
+        self.frames_out = 0
+        self.bytes_out = 0
 
     # --- the hub's side ---------------------------------------------------
 
     def deliver(self, frame: bytes, payload: bytes, channel: str) -> bool:
         """Queue a frame framed by the hub; True when this connection needs a flush."""
         if self._phase > LIVE or self.protocol.state is not _OPEN:
+            METRICS.deliveries_dropped["closed"] += 1
             return False
         echo_filter = self.echo_filter
         if echo_filter is not None and echo_filter.is_echo(channel, payload):
+            METRICS.echoes_suppressed += 1
             return False
         queue = self._queue
         queue.append(frame)
@@ -269,6 +281,10 @@ class WebSocketConnection:
                 break
             offset -= len(frame)
             done += 1
+        self.frames_out += done
+        self.bytes_out += sent
+        METRICS.frames_sent += done
+        METRICS.bytes_sent += sent
         if done == len(queue):
             queue.clear()
         elif done:
@@ -307,6 +323,7 @@ class WebSocketConnection:
             self.peer, len(self._queue), self._queued_bytes, self.config.queue_messages,
             self.config.queue_bytes,
         )
+        METRICS.slow_consumer_closes += 1
         self._drop_unsent()
         self.close(constants.CLOSE_POLICY_VIOLATION, "send queue overflow: client too slow")
         self._end()
@@ -315,6 +332,7 @@ class WebSocketConnection:
         """Forget the queued frames, so that a close frame goes out next; whole frames only reach the wire."""
         queue = self._queue
         kept = queue[:1] if self._offset else []
+        METRICS.dropped("slow_consumer", len(queue) - len(kept))
         self._queue = kept
         self._queued_bytes = len(kept[0]) - self._offset if kept else 0
 
@@ -323,6 +341,7 @@ class WebSocketConnection:
         logger.debug("ws4redis: websocket of %s aborted: %s", self.peer, reason)
         was_setup = self._phase == SETUP
         self._phase = DONE
+        METRICS.dropped("closed", len(self._queue))
         self._queue = []
         self._queued_bytes = 0
         self._offset = 0
@@ -433,6 +452,8 @@ class WebSocketConnection:
         ``data`` holds the bytes the client sent right after its handshake.
         """
         self._reader = gevent.get_hub().loop.io(self._fd, 1)
+        self._opened_at = time.monotonic()
+        journal.opened(self.server, self.peer, self.path, self.subscriber.subscribed_channels)
         if self._phase == SETUP:
             self._phase = LIVE
         self.flush()
@@ -531,6 +552,8 @@ class WebSocketConnection:
             if action is Inbound.ANSWER_HEARTBEAT:
                 self.protocol.send_message(data)
             return
+        self.messages_in += 1
+        METRICS.messages_received += 1
         if self.echo_filter is not None:
             self.echo_filter.published(data)
         if self._unpublished is None:
@@ -543,6 +566,8 @@ class WebSocketConnection:
     def published(self, error: Exception | None) -> None:
         """The batcher's word on one submitted message: Redis took it (``error`` None) or not."""
         self._in_flight -= 1
+        if error is None:
+            METRICS.messages_published += 1
         if self._phase == DONE:
             return
         if error is not None:
@@ -580,6 +605,7 @@ class WebSocketConnection:
         except UNAVAILABLE as exc:
             self._not_published(exc)
             return False
+        METRICS.messages_published += 1
         return True
 
     def _not_published(self, error: Exception) -> None:
@@ -619,6 +645,7 @@ class WebSocketConnection:
             logger.warning("ws4redis: closing websocket of %s with 1008: it does not read what it asks for "
                            "(%d bytes waiting for %g s)", self.peer, self._queued_bytes,
                            self.config.ping_timeout)
+            METRICS.slow_consumer_closes += 1
             self._drop_unsent()  # answers to its pings: the close frame goes first
             self.close(constants.CLOSE_POLICY_VIOLATION, "client does not read")
             return False
@@ -643,8 +670,14 @@ class WebSocketConnection:
         Before :meth:`start` the descriptor still belongs to the handler's socket, which closes it.
         """
         self._phase = DONE
+        METRICS.dropped("closed", len(self._queue))
         self._queue = []
         self._unpublished = None
+        if self._opened_at:
+            journal.closed(self.server, self.peer, self.path, self.protocol,
+                           time.monotonic() - self._opened_at, self.messages_in, self.frames_out,
+                           self.bytes_out)
+            self._opened_at = 0.0
         self.host.hub.unsubscribe(self, self.channels, self.patterns)
         try:
             self.subscriber.release()
@@ -673,9 +706,11 @@ class ConnectionSet:
     ``ServerConfig.tick`` seconds.
     """
 
-    __slots__ = ("_connections", "_tick", "_ticker", "_emptied")
+    __slots__ = ("_connections", "_tick", "_ticker", "_emptied", "server", "prefix")
 
-    def __init__(self, tick: float) -> None:
+    def __init__(self, tick: float, server: str, prefix: bytes = b"") -> None:
+        self.server = server  # the server path, as the metrics name it: "gevent", "uwsgi"
+        self.prefix = prefix  # b"<WS4REDIS_PREFIX>:" or b"", to tell the audience of a channel
         self._connections: dict[WebSocketConnection, None] = {}
         self._tick = tick
         self._ticker: Any = None
@@ -724,8 +759,20 @@ class ConnectionSet:
         if self._ticker is None:
             self._ticker = gevent.get_hub().loop.timer(self._tick, self._tick)
             self._ticker.start(self._on_tick)
+            METRICS.add_gauges(self.gauges)
+
+    def gauges(self) -> dict[str, dict[str, float]]:
+        """Open websockets and their subscriptions by audience, for a metrics scrape."""
+        audiences: dict[str, float] = {}
+        prefix = self.prefix
+        for connection in self._connections:
+            for channel in connection.channels:
+                audience = audience_of(channel, prefix)
+                audiences[audience] = audiences.get(audience, 0) + 1
+        return {"websockets_open": {self.server: len(self._connections)}, "subscriptions": audiences}
 
     def stop_ticking(self) -> None:
+        METRICS.remove_gauges(self.gauges)
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.stop()
@@ -755,7 +802,8 @@ def prepare_connection(
     answer to send instead of the 101 is returned. Never raises.
     """
     try:
-        connection = WebSocketConnection(fd, accepted.subscriber, host, peer, accepted.echo)
+        connection = WebSocketConnection(fd, accepted.subscriber, host, peer, accepted.echo,
+                                         connections.server, accepted.path)
     except Exception:
         logger.exception("ws4redis: websocket setup of %s failed", peer)
         accepted.subscriber.release()

@@ -31,14 +31,17 @@ import redis
 
 from ws4redis import constants
 from ws4redis.exceptions import ConnectionClosed
-from ws4redis.protocol import frame_payload
+from ws4redis.protocol import WebSocketProtocol, frame_payload
 from ws4redis.redis_store import RedisMessage, reply_payload
+from ws4redis.server import journal
 from ws4redis.server.config import ServerConfig
 from ws4redis.server.rules import Due, EchoFilter, Inbound, Keepalive, forwarded, inbound, publish_failure
 
 __all__ = ["BlockingWebSocket", "relay"]
 
-logger = logging.getLogger("ws4redis")
+logger = logging.getLogger(__name__)
+
+SERVER = "runserver"  # the server path of a blocking relay, in logs and metrics
 
 # wait(descriptors, timeout in seconds or None) -> the descriptors that are readable
 Wait = Callable[[list[int], "float | None"], list[int]]
@@ -60,14 +63,23 @@ class BlockingWebSocket(Protocol):
 
     def close(self, code: int = constants.CLOSE_NORMAL, message: str | bytes = "") -> None: ...
 
+    @property
+    def protocol(self) -> WebSocketProtocol: ...
+
 
 def relay(websocket: BlockingWebSocket, subscriber: Any, echo: bool, persisted: Iterable[bytes],
-          config: ServerConfig, wait: Wait) -> None:
-    """Send ``persisted``, then relay between ``websocket`` and Redis until either ends; never raises."""
+          config: ServerConfig, wait: Wait, peer: str = "?", path: str = "") -> None:
+    """Send ``persisted``, then relay between ``websocket`` and Redis until either ends; never raises.
+
+    ``peer`` and ``path`` name the websocket in the log lines of :mod:`ws4redis.server.journal`.
+    """
+    opened = time.monotonic()
+    journal.opened(SERVER, peer, path, subscriber.subscribed_channels)
+    loop = _Relay(websocket, subscriber, echo, config)
     try:
         for message in persisted:
-            websocket.send_frame(frame_payload(message))
-        _Relay(websocket, subscriber, echo, config).run(wait)
+            loop.send(frame_payload(message))
+        loop.run(wait)
     except ConnectionClosed as exc:
         logger.debug("ws4redis: websocket gone: %s", exc)
     except redis.RedisError as exc:
@@ -77,10 +89,14 @@ def relay(websocket: BlockingWebSocket, subscriber: Any, echo: bool, persisted: 
         # After the upgrade no HTTP error can be sent: log it, close the websocket, keep serving.
         logger.exception("ws4redis: error in the websocket loop, closing the websocket with 1011")
         websocket.close(constants.CLOSE_INTERNAL_ERROR, "internal server error")
+    finally:
+        journal.closed(SERVER, peer, path, websocket.protocol, time.monotonic() - opened, loop.messages_in,
+                       loop.frames_out, loop.bytes_out)
 
 
 class _Relay:
-    __slots__ = ("websocket", "subscriber", "echo_filter", "heartbeat", "keepalive")
+    __slots__ = ("websocket", "subscriber", "echo_filter", "heartbeat", "keepalive", "messages_in",
+                 "frames_out", "bytes_out")
 
     def __init__(self, websocket: BlockingWebSocket, subscriber: Any, echo: bool,
                  config: ServerConfig) -> None:
@@ -89,6 +105,14 @@ class _Relay:
         self.echo_filter = EchoFilter.unless_echo(echo, subscriber.publishers, subscriber.subscribed_channels)
         self.heartbeat = config.heartbeat
         self.keepalive = Keepalive(config, time.monotonic())
+        self.messages_in = 0
+        self.frames_out = 0  # data frames: the websocket writes its control frames itself
+        self.bytes_out = 0
+
+    def send(self, frame: bytes) -> None:
+        self.websocket.send_frame(frame)
+        self.frames_out += 1
+        self.bytes_out += len(frame)
 
     def run(self, wait: Wait) -> None:
         websocket = self.websocket
@@ -117,7 +141,7 @@ class _Relay:
                 return
             # Idle: keep the client, and any proxy on the way, from giving up on the connection.
             if due & Due.HEARTBEAT:
-                websocket.send_frame(frame_payload(self.heartbeat))
+                self.send(frame_payload(self.heartbeat))
             if due & Due.PING:
                 websocket.ping()
 
@@ -129,8 +153,9 @@ class _Relay:
             action = inbound(data, self.heartbeat)
             if action is Inbound.ANSWER_HEARTBEAT:
                 if not websocket.closed:
-                    websocket.send_frame(frame_payload(data))
+                    self.send(frame_payload(data))
             elif action is Inbound.PUBLISH:
+                self.messages_in += 1
                 try:
                     self.subscriber.publish_message(RedisMessage.received(data))
                 except redis.RedisError as exc:
@@ -152,7 +177,7 @@ class _Relay:
                 continue  # subscribe confirmations, heartbeats, empty messages
             if echo_filter is not None and echo_filter.is_echo(_text(reply[-2]), payload):
                 continue
-            self.websocket.send_frame(frame_payload(payload))
+            self.send(frame_payload(payload))
 
 
 def _payload(reply: Any) -> bytes | None:
