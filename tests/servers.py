@@ -488,7 +488,54 @@ def _create_sessions(spec: dict) -> dict:
     return result
 
 
+def _issue_tokens(username: str) -> dict:
+    """Body of ``python -m tests.servers tokens <username>``: the user's tokens, each way ws4redis issues one.
+
+    ``expired`` is signed as if an hour ago (the signer's clock set back for that one token only).
+    """
+    import django
+
+    django.setup()
+    from unittest import mock
+
+    from django.contrib.auth import get_user_model
+    from django.core import signing
+    from django.template import Context, Template
+    from django.test import RequestFactory
+
+    from ws4redis.tokens import issue_token, token_view
+
+    user = get_user_model().objects.get(username=username)
+    request = RequestFactory().get("/ws-token")
+    request.user = user
+    with mock.patch.object(signing.time, "time", return_value=time.time() - 3600):
+        expired = issue_token(user)
+    return {
+        "issued": issue_token(user),
+        "view": json.loads(token_view(request).content)["token"],
+        "tag": Template("{% load ws4redis %}{% websocket_token %}").render(Context({"request": request})),
+        "expired": expired,
+    }
+
+
+def _change_password(username: str) -> None:
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.get(username=username)
+    user.set_password("another secret")
+    user.save()
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["sessions"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m tests.servers sessions '<json spec>'")
-    print(json.dumps(_create_sessions(json.loads(sys.argv[2]))))
+    command, argument = (sys.argv[1:3] + ["", ""])[:2]
+    if command == "sessions":
+        print(json.dumps(_create_sessions(json.loads(argument))))
+    elif command == "tokens":
+        print(json.dumps(_issue_tokens(argument)))
+    elif command == "password":
+        _change_password(argument)
+    else:
+        sys.exit("usage: python -m tests.servers sessions '<json spec>' | tokens <user> | password <user>")

@@ -286,6 +286,10 @@ class ScriptedWebsocketServer:
             self.connections[path] += 1
         if path == "/binary":
             connection.send(self.BINARY_PAYLOAD)
+        tokened = [seen for seen in self.connections if seen.startswith("/tokened?")]
+        if path.startswith("/tokened?") and len(tokened) == 1:
+            connection.close(1012, "service restart")  # the first one goes: the client must reconnect
+            return
         try:
             for message in connection:
                 with self._lock:
@@ -421,6 +425,31 @@ def test_a_503_refusal_is_retried_until_the_server_accepts(client_page, scripted
     assert scripted_server.connections["/unavailable"] == 1
 
 
+def test_a_fresh_token_is_asked_for_before_every_attempt(client_page, scripted_server):
+    client_page.execute_script(
+        """
+        window.issued = 0;
+        start({uri: arguments[0], reconnect_base_delay: 50, token: function () {
+            issued += 1;
+            if (issued === 2) { return Promise.reject(new Error('token service down')); }
+            return new Promise(function (resolve) { setTimeout(resolve, 10, 'tok/' + issued); });
+        }});
+        """,
+        scripted_server.uri("/tokened?subscribe-user"),
+    )
+    wait_for_entry(client_page, ["connected"], "the client did not connect with a token")
+    wait_until(client_page, lambda driver: [entry[0] for entry in client_log(driver)].count("connected") == 2,
+               "the client did not reconnect after the server closed the first connection")
+    # tok/1 was closed by the server, the second token failed (an attempt with backoff), tok/3 holds.
+    assert list(scripted_server.connections) == ["/tokened?subscribe-user&token=tok%2F1",
+                                                 "/tokened?subscribe-user&token=tok%2F3"]
+    disconnects = [entry for entry in client_log(client_page) if entry[0] == "disconnected"]
+    assert disconnects[:2] == [["disconnected", 1012, "service restart"], ["disconnected", 1006, "no token"]]
+    client_page.execute_script("client.send_message('with a token');")
+    wait_until(client_page, lambda driver: scripted_server.received["/tokened?subscribe-user&token=tok%2F3"],
+               "the connection opened with the third token does not carry messages")
+
+
 def test_send_while_disconnected_reports_false(client_page):
     port = free_port()
     client_page.execute_script(
@@ -452,8 +481,10 @@ def test_bad_options_fail_loudly(client_page):
     errors = client_page.execute_script(
         """
         function error(options) { try { WS4Redis(options); return null; } catch (e) { return e.message; } }
-        return [error({}), error({uri: 'ws://127.0.0.1:1/', binary_type: 'text'})];
+        return [error({}), error({uri: 'ws://127.0.0.1:1/', binary_type: 'text'}),
+                error({uri: 'ws://127.0.0.1:1/', token: 'a string'})];
         """
     )
     assert "uri" in errors[0]
     assert "binary_type" in errors[1]
+    assert "token must be a function" in errors[2]

@@ -26,6 +26,7 @@ _EXPORTS = {
     "WebsocketWSGIServer": "ws4redis.wsgi_server",
     "BrokerUnavailable": "ws4redis.redis_errors",
     "HandshakeError": "ws4redis.exceptions",
+    "AuthenticationFailed": "ws4redis.exceptions",
     "ProtocolError": "ws4redis.exceptions",
     "WebSocketError": "ws4redis.exceptions",
 }

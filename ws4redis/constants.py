@@ -135,3 +135,7 @@ EXIT_CONFIG_ERROR = 3  # exit status of a server worker whose settings are wrong
 MONITORING_PATHS = {"metrics": "/metrics", "healthz": "/healthz", "readyz": "/readyz"}
 # Environment variable naming the directory where the workers of one server share metrics snapshots.
 METRICS_DIR_ENVIRONMENT = "WS4REDIS_METRICS_DIR"
+# Seconds a websocket token of ws4redis.tokens is accepted after it was issued.
+DEFAULT_TOKEN_MAX_AGE = 300
+# Query parameter carrying a websocket token of ws4redis.tokens (for clients that cannot set headers).
+TOKEN_PARAMETER = "token"

@@ -69,5 +69,17 @@ class UpgradeRequiredError(HandshakeError):
         super().__init__(message, 426, [("Sec-WebSocket-Version", constants.WEBSOCKET_VERSION)])
 
 
+class AuthenticationFailed(HandshakeError):
+    """WS4REDIS_AUTHENTICATE found credentials it will not take: an expired, forged or revoked token (401).
+
+    Raise it from the hook with the reason the client should read; ``scheme``
+    names what the client should send instead (``WWW-Authenticate``).
+    """
+
+    def __init__(self, message: str = "the credentials are not valid", scheme: str = "Bearer") -> None:
+        challenge = ("WWW-Authenticate", f'{scheme} realm="websocket"')
+        super().__init__(f"Unauthorized: {message}", 401, [challenge])
+
+
 # The name django-websocket-redis 0.6.0 raised for oversized frames.
 FrameTooLargeException = MessageTooBigError

@@ -38,6 +38,7 @@ from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, headers_from_environ, validate_upgrade
+from ws4redis.redis_store import SESSION_GROUPS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,11 @@ def build_request(environ: dict[str, Any]) -> WSGIRequest:
 
     As in 0.6.0, a WS4REDIS_PROCESS_REQUEST callable replaces the default
     session and user lookup (it may call :func:`attach_session_and_user`).
+    Then WS4REDIS_AUTHENTICATE, when set, may name the user from other
+    credentials (a token in a header, the query string or a subprotocol):
+    the user it returns replaces the session's, None leaves it, and
+    ``AuthenticationFailed`` or ``PermissionDenied`` refuse the websocket
+    (401, 403).
     """
     request = WSGIRequest(environ)
     process_request = private_settings.resolve_callable("WS4REDIS_PROCESS_REQUEST")
@@ -138,7 +144,27 @@ def build_request(environ: dict[str, Any]) -> WSGIRequest:
         process_request(request)
     else:
         attach_session_and_user(request)
+    authenticate = private_settings.resolve_callable("WS4REDIS_AUTHENTICATE")
+    if authenticate is not None:
+        user = authenticate(request)
+        if user is not None:
+            _log_in(request, user)
     return request
+
+
+def _log_in(request: WSGIRequest, user: Any) -> None:
+    """Make ``user`` the request's user as a login would, in a session of its own that is never saved.
+
+    The group channels come from the group names a login keeps in the session (``ws4redis.models``);
+    a cookie's session, of whoever it was, must not lend the websocket its session channel.
+    """
+    request.user = user
+    if not apps.is_installed("django.contrib.sessions"):
+        return
+    session = import_module(settings.SESSION_ENGINE).SessionStore()
+    if hasattr(user, "groups"):
+        session[SESSION_GROUPS_KEY] = sorted(user.groups.values_list("name", flat=True))
+    request.session = session
 
 
 def requested_channels(request: WSGIRequest, possible: list[str]) -> tuple[list[str], bool]:

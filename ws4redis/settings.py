@@ -49,6 +49,11 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_ALLOWED_CHANNELS": None,
     # Callable (or dotted path) f(request) replacing the server's session/user lookup.
     "WS4REDIS_PROCESS_REQUEST": None,
+    # Callable (or dotted path) f(request) -> user or None, for credentials other than the session
+    # cookie (tokens); None from it keeps the session's user; AuthenticationFailed answers 401.
+    "WS4REDIS_AUTHENTICATE": None,
+    # Seconds a token of ws4redis.tokens stays valid.
+    "WS4REDIS_TOKEN_MAX_AGE": constants.DEFAULT_TOKEN_MAX_AGE,
     # Largest message (after reassembling fragments) accepted from a client, in bytes.
     "WS4REDIS_MAX_MESSAGE_SIZE": constants.DEFAULT_MAX_MESSAGE_SIZE,
     # Fragments allowed per message; None derives it from WS4REDIS_MAX_MESSAGE_SIZE.
@@ -328,6 +333,8 @@ def validate_settings() -> None:
     _check_optional_str("WS4REDIS_HEARTBEAT")
     _check_callable("WS4REDIS_ALLOWED_CHANNELS")
     _check_callable("WS4REDIS_PROCESS_REQUEST")
+    _check_callable("WS4REDIS_AUTHENTICATE")
+    _check_seconds("WS4REDIS_TOKEN_MAX_AGE")
     _check_int("WS4REDIS_MAX_MESSAGE_SIZE", 1)
     _check_int("WS4REDIS_MAX_FRAGMENTS", 1, allow_none=True)
     _check_allowed_origins()

@@ -92,7 +92,8 @@ BROKER_UNREACHABLE = Rejected(503, constants.BROKER_UNREACHABLE_TEXT)
 def setup_failures(environ: Mapping[str, Any]) -> Iterator[None]:
     """Turn what goes wrong while a websocket is set up into the HandshakeError its client gets.
 
-    WS4REDIS_ALLOWED_CHANNELS refusing (PermissionDenied) becomes 403, Redis
+    WS4REDIS_ALLOWED_CHANNELS or WS4REDIS_AUTHENTICATE refusing (PermissionDenied) becomes 403
+    (AuthenticationFailed from WS4REDIS_AUTHENTICATE carries its own 401), Redis
     failing 503, and a failing project hook (WS4REDIS_PROCESS_REQUEST,
     WS4REDIS_ALLOWED_CHANNELS, a subscriber subclass) 500 with its traceback
     logged, as Django does for a failing view. The database connections the
@@ -104,7 +105,7 @@ def setup_failures(environ: Mapping[str, Any]) -> Iterator[None]:
     except HandshakeError:
         raise
     except PermissionDenied as exc:
-        logger.info("ws4redis: WS4REDIS_ALLOWED_CHANNELS refused %s: %s", path, exc)
+        logger.info("ws4redis: a hook refused %s (PermissionDenied): %s", path, exc)
         raise HandshakeError(f"Forbidden: {exc or 'these channels are not allowed'}", 403) from exc
     except redis.RedisError as exc:
         logger.error("ws4redis: cannot subscribe, Redis failed: %s", exc)

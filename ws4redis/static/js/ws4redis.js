@@ -7,7 +7,8 @@
  *       connected: function () {},              // the socket is open
  *       receive_message: function (data) {},    // a string, or an ArrayBuffer / Blob for binary frames
  *       disconnected: function (evt) {},        // the socket closed; a reconnect is scheduled
- *       heartbeat_msg: {{ WS4REDIS_HEARTBEAT }} // null, or the server's heartbeat string
+ *       heartbeat_msg: {{ WS4REDIS_HEARTBEAT }}, // null, or the server's heartbeat string
+ *       token: null                             // or function () { return a token or a Promise of one }
  *   });
  *   ws.send_message('hello');   // true when handed to the socket, false while disconnected
  *   ws.close();                 // close for good: no more reconnects
@@ -27,6 +28,10 @@
  *    receive_message.
  *  - Binary frames arrive as ArrayBuffer by default (binary_type 'arraybuffer');
  *    pass binary_type: 'blob' to get Blob objects instead.
+ *  - With token (a function), a fresh token is asked for before every attempt and
+ *    sent as the query parameter 'token' (ws4redis.tokens): tokens are short-lived,
+ *    and a reconnect hours later must not present an expired one. A token function
+ *    that throws or rejects counts as a failed attempt and is retried with backoff.
  */
 (function (root) {
     'use strict';
@@ -44,6 +49,7 @@
         heartbeat_interval: 5000,
         max_missed_heartbeats: 3,
         binary_type: 'arraybuffer',
+        token: null,
         reconnect: true,
         reconnect_base_delay: 500,
         reconnect_max_delay: 30000,
@@ -88,6 +94,9 @@
         if (options.binary_type && options.binary_type !== 'arraybuffer' && options.binary_type !== 'blob') {
             throw new Error('WS4Redis: binary_type must be "arraybuffer" or "blob", not "' + options.binary_type + '"');
         }
+        if (options.token !== undefined && options.token !== null && typeof options.token !== 'function') {
+            throw new Error('WS4Redis: token must be a function returning a token (or a Promise of one)');
+        }
 
         var self = this;
         var opts = merge(DEFAULTS, options);
@@ -116,10 +125,35 @@
         function connect() {
             reconnectTimer = null;
             call('connecting', attempts + 1);
-            log('connecting to ' + opts.uri);
+            log('connecting to ' + opts.uri);  // never with the token: it is a credential
+            if (typeof opts.token !== 'function') {
+                open(opts.uri);
+                return;
+            }
+            var pending;
+            try {
+                pending = opts.token();
+            } catch (err) {
+                noToken(err);
+                return;
+            }
+            root.Promise.resolve(pending).then(function (token) {
+                if (!closedByUser) {
+                    var separator = opts.uri.indexOf('?') < 0 ? '?' : '&';
+                    open(opts.uri + separator + 'token=' + encodeURIComponent(token));
+                }
+            }, noToken);
+        }
+
+        function noToken(err) {
+            log('no token for this attempt: ' + err);
+            afterClose({code: CLOSE_ABNORMAL, reason: 'no token', wasClean: false});
+        }
+
+        function open(uri) {
             // A malformed uri throws here, synchronously, for the first attempt:
             // the caller sees the SyntaxError instead of a silent retry loop.
-            ws = new root.WebSocket(opts.uri);
+            ws = new root.WebSocket(uri);
             ws.binaryType = opts.binary_type;
             ws.onopen = onOpen;
             ws.onmessage = onMessage;
