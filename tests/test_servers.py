@@ -808,7 +808,8 @@ def test_when_redis_drops_the_hub_for_its_output_buffer_limit_the_log_says_so_an
     with EmbeddedRedis() as own_redis:
         store = redis.Redis(host=own_redis.host, port=own_redis.port)
         store.config_set("client-output-buffer-limit", "pubsub 65536 32768 60")
-        site = servers.Site(own_redis.url)
+        # The metrics under WEBSOCKET_URL, where 0.6.0's wsgi.py lets uWSGI's requests reach ws4redis.
+        site = servers.Site(own_redis.url, {"WS4REDIS_MONITORING": "{'metrics': '/ws/_metrics'}"})
         try:
             with servers.serving(servers.STARTERS[kind](site)) as server, \
                     servers.ws_connect(server, path) as listener:
@@ -821,6 +822,10 @@ def test_when_redis_drops_the_hub_for_its_output_buffer_limit_the_log_says_so_an
                 wait_until(lambda: store.publish(channel, "small again") == 1, RECV_TIMEOUT,
                            "the hub subscribed again")
                 assert listener.recv(timeout=RECV_TIMEOUT) == "small again"
+                # Operators see it without reading Redis' log: the counter of drops by Redis.
+                metrics = servers.http_request(server.port, "GET", "/ws/_metrics")[2].decode()
+                assert "\nws4redis_hub_drops_by_redis_total 1.0\n" in metrics, metrics
+                assert "\nws4redis_hub_reconnects_total 1.0\n" in metrics
                 assert not server.tracebacks(), server.tracebacks()
         finally:
             store.close()
