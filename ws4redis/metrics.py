@@ -3,10 +3,12 @@
 The counters are plain integers on one object per process (:data:`METRICS`),
 incremented where the event happens: a websocket message delivered to a
 thousand local subscribers costs one addition (the hub adds the number of
-listeners once per message), a socket write one more, nothing else touches
-the per-delivery path. Gauges that a component already knows (open websockets,
-subscribed channels, whether the hub reaches Redis) are asked for when a
-scrape comes, through :meth:`Metrics.add_gauges`, and cost nothing meanwhile.
+listeners once per message), a socket write two additions on its own
+connection (frames and bytes, summed into the process's counters when it
+finishes or a scrape comes); nothing else touches the per-delivery path.
+Gauges that a component already knows (open websockets, subscribed channels,
+whether the hub reaches Redis) are asked for when a scrape comes, through
+:meth:`Metrics.add_gauges`, and cost nothing meanwhile.
 
 Workers of one server (``serve --workers N``, uWSGI's ``--processes N``)
 each write their snapshot to a file of a shared directory once a second
@@ -98,7 +100,11 @@ class Metrics:
             self.deliveries_dropped[reason] += count
 
     def add_gauges(self, source: Callable[[], dict[str, dict[str, float]]]) -> None:
-        """Register ``source``: at every snapshot it returns ``{gauge name: {label value: value}}``."""
+        """Register ``source``: at every snapshot it returns ``{gauge name: {label value: value}}``.
+
+        A name of a counter (``frames_sent``...) adds the part of it a component keeps itself,
+        not yet handed to this object, to the counter.
+        """
         self._gauges.append(source)
 
     def remove_gauges(self, source: Callable[[], dict[str, dict[str, float]]]) -> None:
@@ -109,6 +115,7 @@ class Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         """Every number of this process, JSON-ready (labels as strings)."""
+        counters = self._counters()
         gauges: dict[str, dict[str, float]] = {}
         for source in list(self._gauges):
             try:
@@ -116,30 +123,27 @@ class Metrics:
             except Exception:  # a gauge must never break a scrape
                 logger.exception("ws4redis: a metrics gauge failed")
                 continue
-            for name, by_label in values.items():
-                target = gauges.setdefault(name, {})
-                for label, value in by_label.items():
-                    target[label] = target.get(label, 0) + value
+            _add(counters, {name: by_label for name, by_label in values.items() if name in counters})
+            _add(gauges, {name: by_label for name, by_label in values.items() if name not in counters})
+        return {"pid": os.getpid(), "counters": counters, "gauges": gauges}
+
+    def _counters(self) -> dict[str, dict[str, float]]:
         return {
-            "pid": os.getpid(),
-            "counters": {
-                "websockets_opened": _strings(self.websockets_opened),
-                "handshake_rejections": _strings(self.handshake_rejections),
-                "messages_received": {"": self.messages_received},
-                "messages_published": {"": self.messages_published},
-                "deliveries": {"": self.deliveries},
-                "deliveries_dropped": _strings(self.deliveries_dropped),
-                "echoes_suppressed": {"": self.echoes_suppressed},
-                "frames_sent": {"": self.frames_sent},
-                "bytes_sent": {"": self.bytes_sent},
-                "slow_consumer_closes": {"": self.slow_consumer_closes},
-                "close_codes_sent": _strings(self.close_codes_sent),
-                "close_codes_received": _strings(self.close_codes_received),
-                "hub_reconnects": {"": self.hub_reconnects},
-                "hub_drops_by_redis": {"": self.hub_drops_by_redis},
-                "hub_outage_seconds": {"": self.hub_outage_seconds},
-            },
-            "gauges": gauges,
+            "websockets_opened": _strings(self.websockets_opened),
+            "handshake_rejections": _strings(self.handshake_rejections),
+            "messages_received": {"": self.messages_received},
+            "messages_published": {"": self.messages_published},
+            "deliveries": {"": self.deliveries},
+            "deliveries_dropped": _strings(self.deliveries_dropped),
+            "echoes_suppressed": {"": self.echoes_suppressed},
+            "frames_sent": {"": self.frames_sent},
+            "bytes_sent": {"": self.bytes_sent},
+            "slow_consumer_closes": {"": self.slow_consumer_closes},
+            "close_codes_sent": _strings(self.close_codes_sent),
+            "close_codes_received": _strings(self.close_codes_received),
+            "hub_reconnects": {"": self.hub_reconnects},
+            "hub_drops_by_redis": {"": self.hub_drops_by_redis},
+            "hub_outage_seconds": {"": self.hub_outage_seconds},
         }
 
 

@@ -281,10 +281,9 @@ class WebSocketConnection:
                 break
             offset -= len(frame)
             done += 1
+        # Two additions per write; the process's totals add these up (finish() and a scrape's gauges).
         self.frames_out += done
         self.bytes_out += sent
-        METRICS.frames_sent += done
-        METRICS.bytes_sent += sent
         if done == len(queue):
             queue.clear()
         elif done:
@@ -673,10 +672,13 @@ class WebSocketConnection:
         METRICS.dropped("closed", len(self._queue))
         self._queue = []
         self._unpublished = None
+        frames, sent = self.frames_out, self.bytes_out
+        self.frames_out = self.bytes_out = 0  # now the process's: a second finish() adds nothing
+        METRICS.frames_sent += frames
+        METRICS.bytes_sent += sent
         if self._opened_at:
             journal.closed(self.server, self.peer, self.path, self.protocol,
-                           time.monotonic() - self._opened_at, self.messages_in, self.frames_out,
-                           self.bytes_out)
+                           time.monotonic() - self._opened_at, self.messages_in, frames, sent)
             self._opened_at = 0.0
         self.host.hub.unsubscribe(self, self.channels, self.patterns)
         try:
@@ -762,14 +764,22 @@ class ConnectionSet:
             METRICS.add_gauges(self.gauges)
 
     def gauges(self) -> dict[str, dict[str, float]]:
-        """Open websockets and their subscriptions by audience, for a metrics scrape."""
+        """For a metrics scrape: open websockets, their subscriptions by audience, what they were sent.
+
+        Frames and bytes are counted per connection (two additions per write) and join the
+        process's counters when a connection finishes; until then a scrape adds them here.
+        """
         audiences: dict[str, float] = {}
         prefix = self.prefix
+        frames = sent = 0
         for connection in self._connections:
+            frames += connection.frames_out
+            sent += connection.bytes_out
             for channel in connection.channels:
                 audience = audience_of(channel, prefix)
                 audiences[audience] = audiences.get(audience, 0) + 1
-        return {"websockets_open": {self.server: len(self._connections)}, "subscriptions": audiences}
+        return {"websockets_open": {self.server: len(self._connections)}, "subscriptions": audiences,
+                "frames_sent": {"": frames}, "bytes_sent": {"": sent}}
 
     def stop_ticking(self) -> None:
         METRICS.remove_gauges(self.gauges)
