@@ -285,6 +285,7 @@ def test_trickled_request_heads_hold_no_worker_and_end_at_the_handshake_timeout(
             statuses = {answer[:12] for answer in trickler.answers.values()}
             assert statuses == {b"HTTP/1.1 408"}, statuses
             slowest = max(trickler.answered_after.values())
+            print(f"{STALLED_HEADS} trickled heads: every one answered 408, the last after {slowest:.1f} s")
             assert slowest < HANDSHAKE_TIMEOUT + 6, f"a trickled head was held {slowest:.1f} s"
 
 
