@@ -139,3 +139,5 @@ METRICS_DIR_ENVIRONMENT = "WS4REDIS_METRICS_DIR"
 DEFAULT_TOKEN_MAX_AGE = 300
 # Query parameter carrying a websocket token of ws4redis.tokens (for clients that cannot set headers).
 TOKEN_PARAMETER = "token"
+# Seconds ws4redis waits for one sentinel's answer before asking the next one.
+SENTINEL_SOCKET_TIMEOUT = 1.0

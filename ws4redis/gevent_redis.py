@@ -13,7 +13,9 @@ never yield in the middle of a Django request.
 
 TLS connections have no twin here (redis-py wraps its sockets with the
 standard library's ``ssl``); :func:`cooperative_pool` leaves them as they are
-and says so once.
+and says so once. Connections to a master found through Sentinel have a twin;
+the short questions to the sentinels themselves (one per new connection,
+answered or given up within a second) still block.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import gevent.monkey
 import gevent.socket
 import redis
 from redis.connection import UnixDomainSocketConnection
+from redis.sentinel import SentinelConnectionPool, SentinelManagedConnection
 
-__all__ = ["GeventConnection", "GeventUnixConnection", "cooperative_pool", "sockets_block"]
+__all__ = ["GeventConnection", "GeventSentinelConnection", "GeventUnixConnection", "cooperative_pool",
+           "sockets_block"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +74,13 @@ class GeventUnixConnection(UnixDomainSocketConnection):
         return sock
 
 
+class GeventSentinelConnection(SentinelManagedConnection, GeventConnection):
+    """A connection to the master the sentinels name, on a gevent socket."""
+
+
 _TWINS: dict[type, type] = {
     redis.Connection: GeventConnection, UnixDomainSocketConnection: GeventUnixConnection,
+    SentinelManagedConnection: GeventSentinelConnection,
 }
 _warned: set[type] = set()
 
@@ -94,4 +103,8 @@ def cooperative_pool(pool: redis.ConnectionPool) -> redis.ConnectionPool:
     options: dict[str, Any] = {"connection_class": twin, "max_connections": pool.max_connections}
     if isinstance(pool, redis.BlockingConnectionPool):
         options["timeout"] = pool.timeout
+    if isinstance(pool, SentinelConnectionPool):
+        # The new pool gives its connections a reference to itself, not to the pool it replaces.
+        kwargs = {key: value for key, value in pool.connection_kwargs.items() if key != "connection_pool"}
+        return type(pool)(pool.service_name, pool.sentinel_manager, **options, **kwargs)
     return type(pool)(**options, **pool.connection_kwargs)

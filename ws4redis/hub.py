@@ -396,10 +396,10 @@ def hub_connection_factory(name: str) -> Callable[[], redis.Connection]:
         "parser_class": PubSubParser,  # a buffer that stays bounded while a burst never pauses
     }
     pool = cooperative_pool(build_pool(config))
-    connection_class, kwargs = pool.connection_class, pool.connection_kwargs
 
     def make_connection() -> redis.Connection:
-        return connection_class(**kwargs)
+        # The pool stays referenced: a Sentinel connection asks it, by a weak reference, for the master.
+        return pool.connection_class(**pool.connection_kwargs)
 
     return make_connection
 

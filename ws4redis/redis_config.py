@@ -13,15 +13,28 @@ from typing import Any
 import redis
 from django.core.exceptions import ImproperlyConfigured
 from redis.connection import SSLConnection, UnixDomainSocketConnection
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ws4redis import constants
 
-__all__ = ["build_pool", "check_connection_settings"]
+__all__ = ["SentinelBlockingConnectionPool", "build_pool", "check_connection_settings"]
 
 # WS4REDIS_CONNECTION keys that configure the pool rather than each connection.
 POOL_KEYS = {"max_connections": "max_connections", "pool_timeout": "timeout"}
 # Keys that only make sense for TCP connections, dropped for unix sockets.
 TCP_ONLY_KEYS = ("host", "port", "ssl", "socket_keepalive", "socket_keepalive_options")
+# Keys of the Sentinel form of WS4REDIS_CONNECTION that are not options of each connection.
+SENTINEL_KEYS = ("sentinels", "master_name", "sentinel_kwargs")
+# Keys that name one server, which the Sentinel form leaves to the sentinels.
+ONE_SERVER_KEYS = ("host", "port", "url", "unix_socket_path")
+
+
+class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The master the sentinels name, through a pool that waits for a free connection as ws4redis' others do.
+
+    Every new connection asks the sentinels for the master's address, so after a failover the
+    connections made to replace the broken ones reach the new master, with no restart.
+    """
 
 
 def build_pool(config: Mapping[str, Any]) -> redis.ConnectionPool:
@@ -34,6 +47,13 @@ def build_pool(config: Mapping[str, Any]) -> redis.ConnectionPool:
     for key, pool_key in POOL_KEYS.items():
         if key in options:
             pool_options[pool_key] = options.pop(key)
+    if "sentinels" in options:
+        sentinels = [(str(host), int(port)) for host, port in options.pop("sentinels")]
+        master_name = options.pop("master_name")
+        sentinel_kwargs = {"socket_timeout": constants.SENTINEL_SOCKET_TIMEOUT,
+                           **(options.pop("sentinel_kwargs", None) or {})}
+        manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+        return SentinelBlockingConnectionPool(master_name, manager, **options, **pool_options)
     url = options.pop("url", None)
     if url is not None:
         return redis.BlockingConnectionPool.from_url(url, **options, **pool_options)
@@ -72,6 +92,8 @@ def check_connection_settings(config: Any) -> None:
         "max_connections": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
                             "an integer > 0"),
     }
+    if "sentinels" in config:
+        _check_sentinels(config)
     for key, (valid, expected) in expectations.items():
         if key in config and not valid(config[key]):
             shown = f"a {type(config[key]).__name__}" if key == "password" else repr(config[key])
@@ -89,6 +111,37 @@ def check_connection_settings(config: Any) -> None:
         raise ImproperlyConfigured(
             f"{name} is not usable by redis-py ({exc}): {_redacted(config)!r}"
         ) from exc
+
+
+def _check_sentinels(config: Mapping[str, Any]) -> None:
+    """The Sentinel form: ``sentinels`` as (host, port) pairs, a ``master_name``, no server of its own."""
+    name = "WS4REDIS_CONNECTION"
+    sentinels = config["sentinels"]
+    pairs = isinstance(sentinels, (list, tuple)) and sentinels and all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) and pair[0]
+        and isinstance(pair[1], int) and not isinstance(pair[1], bool) and 0 < pair[1] < 65536
+        for pair in sentinels
+    )
+    if not pairs:
+        raise ImproperlyConfigured(
+            f"{name}['sentinels'] must be a list of (host, port) pairs, such as [('10.0.0.1', 26379)], "
+            f"got {sentinels!r}"
+        )
+    master_name = config.get("master_name")
+    if not isinstance(master_name, str) or not master_name:
+        raise ImproperlyConfigured(
+            f"{name}['master_name'] must name the master the sentinels watch (their 'sentinel monitor "
+            f"<name>'), got {master_name!r}"
+        )
+    clashing = sorted(key for key in ONE_SERVER_KEYS if key in config)
+    if clashing:
+        raise ImproperlyConfigured(
+            f"{name} has 'sentinels' and {', '.join(map(repr, clashing))}: with sentinels the master is "
+            "found through them, so leave out the address of a server"
+        )
+    extra = config.get("sentinel_kwargs")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ImproperlyConfigured(f"{name}['sentinel_kwargs'] must be a dict of options, got {extra!r}")
 
 
 def _redacted(config: Any) -> Any:
