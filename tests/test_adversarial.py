@@ -16,6 +16,7 @@ says where; ``test_every_attack_of_the_list_has_its_test`` keeps the list true.
 - Redis dropping the hub for its output buffer limit: tests/test_servers.py
 - SIGTERM closes every websocket with 1001: tests/test_shutdown.py, tests/test_going_away.py
 - connect/close churn, with descriptors, memory and subscriptions before and after: here
+- Redis' reply to a publish lost with its connection (published once, never twice; 1013): here
 
 uWSGI is started with 0.6.0's command line (its HTTP router in front). It reads request heads
 itself, in the router, which is event-driven: a stalled head costs the router a descriptor and
@@ -526,3 +527,40 @@ def test_every_attack_of_the_list_has_its_test():
     assert named == set(expected)
     for path, test in expected.items():
         assert test in (root / path).read_text(), f"{path} no longer holds {test}"
+
+
+# --- a reply lost after Redis published --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [pytest.param("gevent"), pytest.param("uwsgi", marks=pytest.mark.uwsgi)])
+def test_a_publish_whose_reply_is_lost_is_published_once_and_its_sender_told(redis_server, kind):
+    """The connection breaks after Redis published the batch: no retry, no duplicate, 1013 for the sender."""
+    import redis as redis_py
+
+    from tests.cutting_proxy import CuttingProxy
+
+    with CuttingProxy(redis_server.port) as proxy:
+        connection = {"host": "127.0.0.1", "port": proxy.port, "db": 0}
+        site = Site(redis_server.url, {"WS4REDIS_CONNECTION": repr(connection)})
+        watcher = redis_py.Redis(host=redis_server.host, port=redis_server.port).pubsub()
+        watcher.subscribe("broadcast:once")
+        assert watcher.get_message(timeout=5)["type"] == "subscribe"
+        try:
+            with serving(SERVERS[kind](site)) as server, \
+                    ws(server, "/ws/once?publish-broadcast") as sender:
+                proxy.arm()
+                sender.send("exactly once")
+                with pytest.raises(ConnectionClosed) as closed:
+                    sender.recv(timeout=10)
+                assert closed.value.rcvd.code == constants.CLOSE_TRY_AGAIN_LATER
+                assert proxy.cuts == 1
+                published = []
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    message = watcher.get_message(timeout=0.2)
+                    if message is not None and message["type"] == "message":
+                        published.append(message["data"])
+                assert published == [b"exactly once"]
+        finally:
+            watcher.close()
+            site.cleanup()

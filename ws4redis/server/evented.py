@@ -116,15 +116,22 @@ class PublishBatcher:
             self._worker = None
 
     def _send(self, batch: list[tuple[PublishListener, PublishPlan, bytes]]) -> list[Exception | None]:
-        """One round trip for the whole batch, retried once should the pooled connection be dead."""
+        """One round trip for the whole batch, retried once if the pooled connection could not send it.
+
+        Never retried once the batch went out: Redis may have published it before the connection
+        broke, and sending it again would deliver every message twice. Its websockets are told
+        it failed instead (1013), as when Redis is away: at most once, as Redis pub/sub itself.
+        """
         packed = b"".join(item[2] for item in batch)
         pool = self.client.connection_pool
         failure: Exception | None = None
         for _attempt in range(2):
             connection = None
+            sent = False
             try:
                 connection = pooled_connection(pool)
                 connection.send_packed_command((packed,))
+                sent = True
                 outcomes: list[Exception | None] = []
                 for _, plan, _ in batch:
                     try:
@@ -138,6 +145,8 @@ class PublishBatcher:
                 failure = exc
                 if connection is not None:
                     connection.disconnect()
+                if sent:
+                    break
             finally:
                 if connection is not None:
                     pool.release(connection)
