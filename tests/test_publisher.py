@@ -185,3 +185,33 @@ def test_the_view_publishes_with_the_middleware_when_redis_is_there(redis_client
         response = Client().get("/publish?facility=present&message=hello")
     assert (response.status_code, response.content) == (200, b"1 receivers")
     assert received(listener, 1) == [("broadcast:present", b"hello")]
+
+
+def test_a_publish_whose_reply_is_lost_raises_and_is_never_sent_twice(redis_server, listener):
+    """Redis published, the connection broke before its reply: BrokerUnavailable, one delivery.
+
+    With retries configured (redis-py's ``retry`` option), as a project may do for resilience:
+    they cover sending, never a batch that went out.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tests.cutting_proxy import CuttingProxy
+    from ws4redis.connection import close_connection_pools
+    from ws4redis.redis_errors import BrokerUnavailable
+
+    subscribe_confirmed(listener, "broadcast:lost-reply")
+    proxy = CuttingProxy(redis_server.port)
+    connection = {"host": "127.0.0.1", "port": proxy.port, "db": 0, "retry": Retry(NoBackoff(), 2)}
+    with proxy, override_settings(WS4REDIS_CONNECTION=connection):
+        try:
+            publisher = RedisPublisher(facility="lost-reply", broadcast=True)
+            proxy.arm()
+            with pytest.raises(BrokerUnavailable):
+                publisher.publish_message(RedisMessage("exactly once"))
+            assert proxy.cuts == 1
+            assert publisher.publish_message(RedisMessage("and the next one")) == 1  # a new connection
+        finally:
+            close_connection_pools()
+    assert received(listener, 2) == [("broadcast:lost-reply", b"exactly once"),
+                                     ("broadcast:lost-reply", b"and the next one")]

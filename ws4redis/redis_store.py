@@ -258,22 +258,25 @@ class PublishPlan:
         return len(self._publishes)
 
     def execute(self, client: Any, message: bytes) -> int:
-        """Send the commands for ``message`` through ``client``'s pool; returns the PUBLISH receivers."""
+        """Send the commands for ``message`` through ``client``'s pool; returns the PUBLISH receivers.
+
+        The client's retries cover sending only: once the commands went out, a connection that
+        breaks before the replies came raises (BrokerUnavailable for the caller) instead of
+        sending them again, because Redis may have published already and a retry would deliver
+        the message twice.
+        """
         if not self._commands:
             return 0
         pool = client.connection_pool
         connection = pooled_connection(pool)
         packed = self.pack(message)
         try:
-            return connection.retry.call_with_retry(
-                lambda: self._round_trip(connection, packed), lambda error: connection.disconnect()
+            connection.retry.call_with_retry(
+                lambda: connection.send_packed_command((packed,)), lambda error: connection.disconnect()
             )
+            return self.read_replies(connection)
         finally:
             pool.release(connection)
-
-    def _round_trip(self, connection: Any, packed: bytes) -> int:
-        connection.send_packed_command((packed,))
-        return self.read_replies(connection)
 
     def read_replies(self, connection: Any) -> int:
         """Read the replies to one packed message; returns the receivers.
