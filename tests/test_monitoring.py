@@ -87,8 +87,12 @@ def test_a_fan_out_is_counted_as_it_was_sent(server):
         expected = [f"message {n}" for n in range(messages)]
         for client in clients:
             assert [client.recv(timeout=10) for _ in range(messages)] == expected
-    wait_until(lambda: delta(before, scrape(server), "ws4redis_websockets_open", server="gevent") == 0,
-               what="every websocket counted as closed")
+    def closed() -> bool:
+        now = scrape(server)
+        return (delta(before, now, "ws4redis_websockets_open", server="gevent") == 0
+                and delta(before, now, "ws4redis_close_codes_sent_total", code="1000") == subscribers)
+
+    wait_until(closed, what="every websocket counted as closed")
     after = scrape(server)
     deliveries = subscribers * messages
     assert delta(before, after, "ws4redis_deliveries_total") == deliveries
@@ -148,6 +152,14 @@ def test_a_slow_consumer_is_counted_with_what_it_did_not_get(server):
     with sock:
         events = read_until_closed(sock, rest)
     assert [e.code for e in events if isinstance(e, CloseReceived)] == [constants.CLOSE_POLICY_VIOLATION]
+    # The close code is counted once the server let the connection go, the rest once the hub
+    # dispatched all 3000 (it may still have been at it when the consumer was closed).
+    def settled() -> bool:
+        now = scrape(server)
+        return (delta(before, now, "ws4redis_close_codes_sent_total", code="1008") == 1
+                and delta(before, now, "ws4redis_deliveries_total") == 3000)
+
+    wait_until(settled, what="the connection released and every message dispatched")
     after = scrape(server)
     assert delta(before, after, "ws4redis_slow_consumer_closes_total") == 1
     assert delta(before, after, "ws4redis_close_codes_sent_total", code="1008") == 1
