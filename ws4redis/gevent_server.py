@@ -112,9 +112,9 @@ class WebSocketHandler(WSGIHandler):
         request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
         parts = request_line.split()
         target = parts[1].decode("latin-1") if len(parts) == 3 else ""
-        endpoint = config.monitoring.get(target.partition("?")[0]) if config.monitoring else None
-        if endpoint is not None:
-            self._send_raw(monitoring.answer(endpoint, self.server.hub, self.server.stopping).http_response())
+        monitored = monitoring.answer_for(config, target, self.server.hub, self.server.stopping)
+        if monitored is not None:
+            self._send_raw(monitored.http_response())
             return None
         if target.startswith(config.websocket_url):
             try:

@@ -114,15 +114,17 @@ def max_fragments() -> int:
     return value
 
 
-def monitoring_paths() -> dict[str, str]:
-    """WS4REDIS_MONITORING as ``{path: endpoint}`` (endpoints: ``metrics``, ``healthz``, ``readyz``)."""
-    value = get("WS4REDIS_MONITORING")
+def _monitoring_endpoints(value: Any) -> dict[str, str]:
+    """``{endpoint: path}`` of a WS4REDIS_MONITORING value: the defaults, moved or left out by a dict."""
     if not value:
         return {}
-    chosen = dict(constants.MONITORING_PATHS)
-    if isinstance(value, dict):
-        chosen.update(value)
-    return {path: endpoint for endpoint, path in chosen.items() if path is not None}
+    chosen = {**constants.MONITORING_PATHS, **(value if isinstance(value, dict) else {})}
+    return {endpoint: path for endpoint, path in chosen.items() if path is not None}
+
+
+def monitoring_paths() -> dict[str, str]:
+    """WS4REDIS_MONITORING as ``{path: endpoint}`` (endpoints: ``metrics``, ``healthz``, ``readyz``)."""
+    return {path: endpoint for endpoint, path in _monitoring_endpoints(get("WS4REDIS_MONITORING")).items()}
 
 
 def allowed_origins() -> tuple[str, ...] | None:
@@ -310,11 +312,10 @@ def _check_monitoring() -> None:
                 "starting with '/' (or None to leave one out)")
     if not isinstance(value, dict) or not set(value) <= set(constants.MONITORING_PATHS):
         raise _fail("WS4REDIS_MONITORING", value, expected)
-    paths = [path for path in value.values() if path is not None]
+    paths = list(_monitoring_endpoints(value).values())
     if not all(isinstance(path, str) and path.startswith("/") and "?" not in path for path in paths):
         raise _fail("WS4REDIS_MONITORING", value, expected)
-    chosen = [path for path in {**constants.MONITORING_PATHS, **value}.values() if path is not None]
-    if len(chosen) != len(set(chosen)):
+    if len(paths) != len(set(paths)):
         raise _fail("WS4REDIS_MONITORING", value, "a dict giving each endpoint its own path")
 
 

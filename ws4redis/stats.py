@@ -12,7 +12,6 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from typing import Any
 
 __all__ = ["fetch", "main", "render"]
 
@@ -51,6 +50,5 @@ def main(url: str, as_json: bool = False) -> int:
         print(f"ws4redis stats: cannot read {url}: {exc} (is WS4REDIS_MONITORING on, and the URL its "
               "'metrics' path?)", file=sys.stderr)
         return 1
-    output: Any = json.dumps(numbers, indent=2, sort_keys=True) if as_json else render(numbers)
-    print(output)
+    print(json.dumps(numbers, indent=2, sort_keys=True) if as_json else render(numbers))
     return 0

@@ -166,10 +166,9 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """A monitoring endpoint (WS4REDIS_MONITORING), or else a websocket."""
-        monitored = self.config.monitoring
-        endpoint = monitored.get(environ.get("PATH_INFO", "")) if monitored else None
-        if endpoint is not None:
-            return monitoring.answer(endpoint, self.hub, self.stopping).send_wsgi(start_response)
+        monitored = monitoring.answer_for(self.config, environ.get("PATH_INFO", ""), self.hub, self.stopping)
+        if monitored is not None:
+            return monitored.send_wsgi(start_response)
         return super().__call__(environ, start_response)
 
     def accept(self, environ: dict[str, Any]) -> Accepted | Rejected:

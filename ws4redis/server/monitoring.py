@@ -17,8 +17,9 @@ from typing import Any
 from ws4redis.handshake import plain_response, status_line
 from ws4redis.metrics import METRICS, merged, prometheus_text, shared_directory
 from ws4redis.server.accept import StartResponse
+from ws4redis.server.config import ServerConfig
 
-__all__ = ["PROMETHEUS_TEXT", "Answer", "answer"]
+__all__ = ["PROMETHEUS_TEXT", "Answer", "answer", "answer_for"]
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -38,6 +39,14 @@ class Answer:
             ("Cache-Control", "no-store"),
         ])
         return [self.body]
+
+
+def answer_for(config: ServerConfig, target: str, hub: Any, stopping: bool) -> Answer | None:
+    """The answer when the request ``target`` (its query string ignored) is a monitoring path, else None."""
+    if not config.monitoring:
+        return None
+    endpoint = config.monitoring.get(target.partition("?")[0])
+    return None if endpoint is None else answer(endpoint, hub, stopping)
 
 
 def answer(endpoint: str, hub: Any, stopping: bool) -> Answer:
