@@ -38,7 +38,7 @@ from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, headers_from_environ, validate_upgrade
-from ws4redis.redis_store import SESSION_GROUPS_KEY
+from ws4redis.models import store_groups_in_session
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +161,8 @@ def _log_in(request: WSGIRequest, user: Any) -> None:
     request.user = user
     if not apps.is_installed("django.contrib.sessions"):
         return
-    session = import_module(settings.SESSION_ENGINE).SessionStore()
-    if hasattr(user, "groups"):
-        session[SESSION_GROUPS_KEY] = sorted(user.groups.values_list("name", flat=True))
-    request.session = session
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore()
+    store_groups_in_session(sender=type(user), user=user, request=request)
 
 
 def requested_channels(request: WSGIRequest, possible: list[str]) -> tuple[list[str], bool]:
