@@ -23,17 +23,28 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+from django.core.exceptions import ImproperlyConfigured
+from redis.cluster import RedisCluster
 
 from ws4redis import settings as private_settings
+from ws4redis.redis_cluster import (
+    CLUSTER_NEEDS_HUB,
+    build_cluster_client,
+    fetch_values,
+    is_cluster,
+    is_cluster_client,
+)
 from ws4redis.redis_config import build_pool
+from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
 
 __all__ = [
-    "build_pool", "close_connection_pools", "create_pubsub", "get_connection_pool", "get_pubsub_pool",
-    "get_redis_connection",
+    "build_pool", "close_connection_pools", "create_pubsub", "fetch_values", "get_connection_pool",
+    "get_pubsub_pool", "get_redis_connection",
 ]
 
 _lock = threading.Lock()
 _shared_pools: dict[str, redis.ConnectionPool] = {}
+_clusters: dict[str, RedisCluster] = {}
 _pubsub_pools: weakref.WeakKeyDictionary[redis.ConnectionPool, redis.ConnectionPool] = (
     weakref.WeakKeyDictionary()
 )
@@ -46,6 +57,9 @@ def _config_key(config: Mapping[str, Any]) -> str:
 def get_connection_pool() -> redis.ConnectionPool:
     """The process-wide pool for short commands, for the current WS4REDIS_CONNECTION."""
     config = private_settings.WS4REDIS_CONNECTION
+    if is_cluster(config):
+        raise ImproperlyConfigured("WS4REDIS_CONNECTION names a Redis Cluster, which has no single "
+                                   "connection pool: use get_redis_connection()")
     key = _config_key(config)
     pool = _shared_pools.get(key)
     if pool is None:
@@ -56,9 +70,26 @@ def get_connection_pool() -> redis.ConnectionPool:
     return pool
 
 
-def get_redis_connection() -> redis.Redis:
-    """A client on the shared pool: use it for PUBLISH, SET and GET, never for SUBSCRIBE."""
-    return redis.Redis(connection_pool=get_connection_pool())
+def get_redis_connection() -> redis.Redis | RedisCluster:
+    """A client on the shared pool: use it for PUBLISH, SET and GET, never for SUBSCRIBE.
+
+    For a Redis Cluster it is the process's one ``RedisCluster`` client (a pool per node),
+    made at the first call; BrokerUnavailable when no node of the cluster answers.
+    """
+    config = private_settings.WS4REDIS_CONNECTION
+    if not is_cluster(config):
+        return redis.Redis(connection_pool=get_connection_pool())
+    key = _config_key(config)
+    client = _clusters.get(key)
+    if client is None:
+        with _lock:
+            client = _clusters.get(key)
+            if client is None:
+                try:
+                    client = _clusters[key] = build_cluster_client(config)
+                except UNAVAILABLE as exc:
+                    raise BrokerUnavailable(f"no node of the Redis Cluster answers: {exc}") from exc
+    return client
 
 
 def get_pubsub_pool(pool: redis.ConnectionPool | None = None) -> redis.ConnectionPool:
@@ -78,7 +109,12 @@ def get_pubsub_pool(pool: redis.ConnectionPool | None = None) -> redis.Connectio
 
 
 def create_pubsub(client: redis.Redis | None = None) -> redis.client.PubSub:
-    """A PubSub holding its own connection, not counted against the shared pool's cap."""
+    """A PubSub holding its own connection, not counted against the shared pool's cap.
+
+    Not for a Redis Cluster: there only the hub (gevent server, uWSGI) subscribes, with SSUBSCRIBE.
+    """
+    if is_cluster_client(client) or (client is None and is_cluster(private_settings.WS4REDIS_CONNECTION)):
+        raise ImproperlyConfigured(CLUSTER_NEEDS_HUB)
     pool = client.connection_pool if client is not None else None
     return redis.Redis(connection_pool=get_pubsub_pool(pool)).pubsub()
 
@@ -92,7 +128,11 @@ def close_connection_pools() -> None:
     """
     with _lock:
         pools = [*_shared_pools.values(), *_pubsub_pools.values()]
+        clusters = list(_clusters.values())
         _shared_pools.clear()
         _pubsub_pools.clear()
+        _clusters.clear()
     for pool in pools:
         pool.disconnect()
+    for client in clusters:
+        client.close()

@@ -117,6 +117,11 @@ HUB_HEALTH_CHECK_INTERVAL = 15.0  # seconds between PINGs on the pub/sub connect
 HUB_SUBSCRIBE_TIMEOUT = 5.0  # seconds a new websocket waits for Redis to confirm its SUBSCRIBE
 # Parsed bytes after which the hub's pub/sub parser drops them although unread bytes remain.
 HUB_PARSER_COMPACT_AT = 256 * 1024
+# Redis Cluster (ws4redis.shard_router): seconds the hub waits for a burst of moved channels
+# before it re-reads the slot map, and the backoff while the map is unknown or a master is down.
+CLUSTER_REFRESH_DEBOUNCE = 0.05
+CLUSTER_REFRESH_MIN_DELAY = 0.1
+CLUSTER_REFRESH_MAX_DELAY = 1.0
 LEGACY_HEARTBEAT_INTERVAL = 4.0  # idle seconds between WS4REDIS_HEARTBEAT messages (0.6.0's select timeout)
 # Bytes the gevent server reads from a websocket per wake-up. Smaller than RECV_SIZE on purpose:
 # one server holds thousands of sockets, and a small read per wake-up keeps memory per connection low.

@@ -30,44 +30,46 @@ it records the channels and patterns subscribed to, and the hub carries
 them. Reading replies from the subscriber (``parse_response``) is not
 possible under the hub: live messages go straight to the websocket.
 
-The mapping from a channel to the Redis connection carrying it lives in
-:class:`ChannelRouter` and nowhere else, so Redis Cluster sharded pub/sub
-(SSUBSCRIBE per shard) or a Sentinel-managed master can be added there.
+The mapping from a channel to the Redis connection carrying it lives in a
+:class:`Router` and nowhere else: :class:`ChannelRouter` sends everything over
+one link (one Redis, or the master Sentinel names), and
+:class:`ws4redis.shard_router.ShardRouter` keeps a link per master node of a
+Redis Cluster, homing each channel on its slot's master (SSUBSCRIBE).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
-import gevent
 import redis
 from gevent.event import Event
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.connection import build_pool, get_connection_pool
-from ws4redis.gevent_redis import cooperative_pool
+from ws4redis.gevent_redis import GeventConnection, cooperative_pool, sockets_block
 from ws4redis.metrics import METRICS
 from ws4redis.protocol import frame_payload
+from ws4redis.pubsub_link import LINK_ERRORS, PubSubLink, as_bytes
 from ws4redis.pubsub_parser import PubSubParser
+from ws4redis.redis_cluster import build_cluster_client, fetch_values, is_cluster, node_options
+from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
 from ws4redis.server.rules import forwarded
+from ws4redis.shard_router import ShardRouter
 
 __all__ = [
-    "ChannelRouter", "Hub", "Listener", "PubSubLink", "SubscriptionRecorder", "get_hub",
-    "hub_subscriber_class",
+    "ChannelRouter", "Hub", "HubRedis", "HubRedisCluster", "Listener", "PubSubLink", "Router",
+    "SubscriptionRecorder", "get_hub", "hub_subscriber_class",
 ]
 
 logger = logging.getLogger(__name__)
-
-# Errors meaning "this Redis connection is unusable": log, back off, reconnect.
-LINK_ERRORS = (redis.RedisError, OSError)
 
 
 class Listener(Protocol):
@@ -80,313 +82,64 @@ class Listener(Protocol):
         """Write what was queued, without blocking."""
 
 
-def _as_bytes(name: str | bytes) -> bytes:
-    return name.encode() if isinstance(name, str) else bytes(name)
-
-
-class PubSubLink:
-    """One Redis connection in pub/sub mode, with the greenlets that read and write it.
-
-    The reader greenlet owns the connection: it connects, subscribes to every
-    wanted channel, re-sends persisted messages after a reconnect and reads
-    replies. The writer greenlet turns later changes of the wanted channels
-    into batched SUBSCRIBE/UNSUBSCRIBE commands and PINGs the server so a
-    silently dead connection is noticed. Only these two touch the socket.
-    """
-
-    def __init__(self, hub: Hub, make_connection: Callable[[], redis.Connection]) -> None:
-        self.hub = hub
-        self._make_connection = make_connection
-        self.channels: set[bytes] = set()  # wanted: channels with local listeners
-        self.patterns: set[bytes] = set()
-        self._on_server: set[bytes] = set()  # SUBSCRIBE sent on the current connection
-        self._patterns_on_server: set[bytes] = set()
-        self._dirty: set[bytes] = set()  # channels whose wanted state changed since the last reconcile
-        self._dirty_patterns: set[bytes] = set()
-        self._waiters: dict[bytes, Event] = {}  # channel -> set when Redis confirms it
-        self._connection: redis.Connection | None = None
-        self._ready = False  # the reader finished the initial subscribe of the connection
-        self._wake = Event()
-        self._closed = False
-        self.failing = False  # Redis is unreachable: nobody should wait for confirmations
-        self.reconnects = 0
-        self.server_drops = 0  # connections Redis closed while staying reachable (see _explain_drop)
-        self._reader: gevent.Greenlet | None = None
-        self._writer: gevent.Greenlet | None = None
+class Router(Protocol):
+    """Which Redis pub/sub connection carries which channel (one Redis, or a cluster's shards)."""
 
     @property
-    def started(self) -> bool:
-        return self._reader is not None
+    def links(self) -> tuple[PubSubLink, ...]: ...
 
     @property
-    def connected(self) -> bool:
-        """Whether the link holds a subscribed Redis connection right now."""
-        return self._ready and self._connection is not None
+    def failing(self) -> bool:
+        """Whether a link cannot reach its Redis right now."""
 
-    # --- wanted channels (called by the hub) ------------------------------
-
-    def start(self) -> None:
-        if self._reader is None:
-            self._reader = gevent.spawn(self._read_forever)
-            self._writer = gevent.spawn(self._write_forever)
+    def start(self) -> None: ...
 
     def want(self, channel: bytes, pattern: bool = False) -> Event | None:
-        """Subscribe ``channel`` soon; returns an event set on confirmation (None: already confirmed)."""
-        (self.patterns if pattern else self.channels).add(channel)
-        on_server = self._patterns_on_server if pattern else self._on_server
-        if self._ready and channel in on_server and channel not in self._waiters:
-            return None
-        (self._dirty_patterns if pattern else self._dirty).add(channel)
-        waiter = self._waiters.get(channel)
-        if waiter is None:
-            waiter = self._waiters[channel] = Event()
-        self._wake.set()
-        return waiter
+        """Subscribe ``channel``; an event set on confirmation (None: confirmed already)."""
 
-    def unwant(self, channel: bytes, pattern: bool = False) -> None:
-        (self.patterns if pattern else self.channels).discard(channel)
-        (self._dirty_patterns if pattern else self._dirty).add(channel)
-        self._wake.set()
+    def unwant(self, channel: bytes, pattern: bool = False) -> None: ...
 
-    def close(self) -> None:
-        """Stop both greenlets and drop the connection (Redis forgets its subscriptions)."""
-        self._closed = True
-        # Killed before the connection is dropped: redis-py must not see its socket vanish mid-read.
-        gevent.killall([greenlet for greenlet in (self._writer, self._reader) if greenlet is not None],
-                       block=True, timeout=1.0)
-        self._drop_connection()
-        self._release_waiters()
-
-    # --- reader -----------------------------------------------------------
-
-    def _read_forever(self) -> None:
-        delay = constants.HUB_RECONNECT_MIN_DELAY
-        lost_at: float | None = None
-        dropped = False  # Redis closed a connection that was working: reachable again at once?
-        while not self._closed:
-            try:
-                connection = self._connect()
-            except Exception as exc:
-                self._drop_connection()
-                self.failing = True
-                dropped = False
-                if not isinstance(exc, LINK_ERRORS):
-                    logger.exception("ws4redis hub: unexpected error while connecting")
-                if lost_at is None:
-                    lost_at = time.monotonic()
-                    logger.error("ws4redis hub: cannot reach Redis for pub/sub (%s); retrying", exc)
-                else:
-                    logger.debug("ws4redis hub: reconnect failed (%s), next attempt in %.2f s", exc, delay)
-                gevent.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, constants.HUB_RECONNECT_MAX_DELAY)
-                continue
-            delay = constants.HUB_RECONNECT_MIN_DELAY
-            self.failing = False
-            if lost_at is not None:
-                self.reconnects += 1
-                METRICS.hub_reconnects += 1
-                METRICS.hub_outage_seconds += time.monotonic() - lost_at
-                if dropped:
-                    self.server_drops += 1
-                    METRICS.hub_drops_by_redis += 1
-                    self._explain_drop()
-                dropped = False
-                resent = self.hub.resend_persisted(self.channels)
-                logger.warning(
-                    "ws4redis hub: Redis pub/sub connection restored after a %.1f s gap; messages "
-                    "published during the gap were not delivered, %d persisted messages re-sent to "
-                    "%d channels",
-                    time.monotonic() - lost_at, resent, len(self.channels),
-                )
-                lost_at = None
-            try:
-                self._read(connection)
-            except Exception as exc:
-                if self._closed:
-                    return
-                self.failing = True
-                lost_at = time.monotonic()
-                dropped = isinstance(exc, redis.ConnectionError)
-                if not isinstance(exc, LINK_ERRORS):
-                    # A bug must not end the delivery for the whole process: start over.
-                    logger.exception("ws4redis hub: unexpected error while routing messages")
-                logger.warning(
-                    "ws4redis hub: lost the Redis pub/sub connection (%s); %d channels and their "
-                    "websockets wait for it to come back",
-                    exc, len(self.channels) + len(self.patterns),
-                )
-            finally:
-                self._drop_connection()
-
-    def _explain_drop(self) -> None:
-        """Redis closed the pub/sub connection but answered the very next attempt: say what does that.
-
-        A server that is going away refuses the next connection too; one that closes a single
-        client and stays up is, almost always, enforcing ``client-output-buffer-limit`` for pub/sub
-        clients: a burst outgrew what it lets wait for the hub (32 MB by default).
-        """
-        try:
-            reply = self.hub.client.config_get("client-output-buffer-limit")
-            limits = next(iter(reply.values()), "?")
-        except LINK_ERRORS as exc:  # CONFIG may be renamed or forbidden on managed Redis
-            limits = f"unknown ({exc})"
-        if isinstance(limits, bytes):
-            limits = limits.decode()
-        pubsub = next((part for part in _limit_classes(limits) if part.startswith("pubsub")), limits)
-        logger.warning(
-            "ws4redis hub: Redis closed the pub/sub connection although it is reachable; the usual "
-            "cause is its client-output-buffer-limit for pub/sub clients (now %s: hard bytes, soft "
-            "bytes, soft seconds), exceeded by a burst the hub could not take in time. Messages of "
-            "that burst were lost. Raise it, e.g. CONFIG SET client-output-buffer-limit "
-            "'pubsub 256mb 64mb 60' (and in redis.conf).", pubsub,
-        )
-
-    def _connect(self) -> redis.Connection:
-        """A fresh connection subscribed to every wanted channel, confirmations read."""
-        connection = self._make_connection()
-        connection.connect()
-        self._connection = connection
-        channels, patterns = sorted(self.channels), sorted(self.patterns)
-        if channels:
-            connection.send_command("SUBSCRIBE", *channels)
-        if patterns:
-            connection.send_command("PSUBSCRIBE", *patterns)
-        self._on_server = set(channels)
-        self._patterns_on_server = set(patterns)
-        expected = len(channels) + len(patterns)
-        while expected:
-            reply = connection.read_response(timeout=2 * constants.HUB_HEALTH_CHECK_INTERVAL)
-            if self._handle(reply) in (b"subscribe", b"psubscribe"):
-                expected -= 1
-        self.hub.flush_pending()
-        self._ready = True
-        self._wake.set()
-        return connection
-
-    def _read(self, connection: redis.Connection) -> None:
-        handle = self._handle
-        flush = self.hub.flush_pending
-        silence = 2 * constants.HUB_HEALTH_CHECK_INTERVAL
-        while not self._closed:
-            if not connection.is_connected:
-                raise redis.ConnectionError("the pub/sub connection was closed while writing to it")
-            if not connection.can_read(timeout=silence):
-                raise redis.TimeoutError(f"Redis did not answer PING within {silence:.0f} s")
-            handle(connection.read_response())
-            # Everything already received is handled before the listeners are flushed.
-            while connection.can_read(timeout=0):
-                handle(connection.read_response())
-            flush()
-
-    def _handle(self, reply: object) -> bytes | None:
-        """Route one pub/sub reply; returns its kind."""
-        if not isinstance(reply, list) or not reply:
-            return None  # PONG outside of subscribed mode
-        kind = reply[0]
-        if kind == b"message":
-            self.hub.dispatch(reply[1], reply[2])
-        elif kind == b"pmessage":
-            self.hub.dispatch(reply[1], reply[3], channel=reply[2])
-        elif kind in (b"subscribe", b"psubscribe"):
-            waiter = self._waiters.pop(reply[1], None)
-            if waiter is not None:
-                waiter.set()
-        return kind
-
-    # --- writer -----------------------------------------------------------
-
-    def _write_forever(self) -> None:
-        last_ping = time.monotonic()
-        while not self._closed:
-            self._wake.wait(constants.HUB_HEALTH_CHECK_INTERVAL)
-            self._wake.clear()
-            connection = self._connection
-            if connection is None or not self._ready or not connection.is_connected:
-                continue
-            try:
-                self._reconcile(connection)
-                if time.monotonic() - last_ping >= constants.HUB_HEALTH_CHECK_INTERVAL:
-                    connection.send_command("PING")
-                    last_ping = time.monotonic()
-            except LINK_ERRORS as exc:
-                # The reader notices the dead socket and reconnects.
-                logger.info("ws4redis hub: writing to the pub/sub connection failed (%s)", exc)
-                connection.disconnect()
-            except Exception:
-                # A bug here must not kill the hub's writer: dropping the link makes the reader reconnect.
-                logger.exception("ws4redis hub: unexpected error while subscribing; reconnecting")
-                connection.disconnect()
-
-    def _reconcile(self, connection: redis.Connection) -> None:
-        """Send the SUBSCRIBE/UNSUBSCRIBE commands that make Redis match the wanted channels."""
-        for dirty, wanted, on_server, subscribe, unsubscribe in (
-            (self._dirty, self.channels, self._on_server, "SUBSCRIBE", "UNSUBSCRIBE"),
-            (self._dirty_patterns, self.patterns, self._patterns_on_server, "PSUBSCRIBE", "PUNSUBSCRIBE"),
-        ):
-            if not dirty:
-                continue
-            changed = sorted(dirty)
-            dirty.clear()
-            added = [name for name in changed if name in wanted and name not in on_server]
-            removed = [name for name in changed if name not in wanted and name in on_server]
-            if added:
-                on_server.update(added)
-                connection.send_command(subscribe, *added)
-            if removed:
-                on_server.difference_update(removed)
-                connection.send_command(unsubscribe, *removed)
-            for name in removed:
-                waiter = self._waiters.pop(name, None)
-                if waiter is not None:
-                    waiter.set()
-
-    # --- helpers ----------------------------------------------------------
-
-    def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        self._ready = False
-        self._on_server = set()
-        self._patterns_on_server = set()
-        if connection is not None:
-            connection.disconnect()
-
-    def _release_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for waiter in waiters.values():
-            waiter.set()
-
-
-def _limit_classes(limits: str) -> list[str]:
-    """'normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60' -> one string per class."""
-    words = limits.split()
-    return [" ".join(words[index:index + 4]) for index in range(0, len(words), 4)]
+    def close(self) -> None: ...
 
 
 class ChannelRouter:
-    """Which Redis pub/sub connection carries which channel: the one place to change for sharding.
+    """Every channel over one :class:`PubSubLink` to the server of WS4REDIS_CONNECTION.
 
-    Today every channel of the process travels over one :class:`PubSubLink`
-    to the server of WS4REDIS_CONNECTION. Redis Cluster sharded pub/sub would
-    return one link per shard (hash slot of the channel, SSUBSCRIBE), a
-    Sentinel setup a link that asks Sentinel for the current master; the hub
-    only ever asks :meth:`link_for` and iterates :attr:`links`.
+    That server is one Redis, or the master the sentinels name (each new connection asks
+    them). A Redis Cluster is routed by :class:`ws4redis.shard_router.ShardRouter` instead.
     """
 
     def __init__(self, hub: Hub, make_connection: Callable[[], redis.Connection]) -> None:
         self._link = PubSubLink(hub, make_connection)
 
-    def link_for(self, channel: bytes) -> PubSubLink:
-        return self._link
-
     @property
     def links(self) -> tuple[PubSubLink, ...]:
         return (self._link,)
 
+    @property
+    def failing(self) -> bool:
+        return self._link.failing
 
-def hub_connection_factory(name: str) -> Callable[[], redis.Connection]:
-    """Connections to the server of WS4REDIS_CONNECTION, named ``name`` in CLIENT LIST, plain RESP2."""
+    def start(self) -> None:
+        self._link.start()
+
+    def want(self, channel: bytes, pattern: bool = False) -> Event | None:
+        self._link.start()
+        return self._link.want(channel, pattern)
+
+    def unwant(self, channel: bytes, pattern: bool = False) -> None:
+        self._link.unwant(channel, pattern)
+
+    def close(self) -> None:
+        self._link.close()
+
+
+def hub_connection_factory(
+    name: str, server: Mapping[str, Any] | None = None
+) -> Callable[[], redis.Connection]:
+    """Connections to ``server`` (WS4REDIS_CONNECTION by default), named ``name`` in CLIENT LIST, RESP2."""
     config = {
-        **private_settings.WS4REDIS_CONNECTION,
+        **(private_settings.WS4REDIS_CONNECTION if server is None else server),
         "client_name": name,
         "protocol": 2,  # pub/sub replies as plain arrays, no RESP3 push handling
         "decode_responses": False,  # channel names and payloads stay bytes
@@ -414,10 +167,16 @@ class Hub:
         name: str | None = None,
     ) -> None:
         self.name = name or f"ws4redis-hub:{os.getpid()}"
-        # Without a gevent patch (uWSGI as 0.6.0 ran it) the hub's own connections use gevent sockets.
-        self.client = client if client is not None else HubRedis(
-            connection_pool=cooperative_pool(get_connection_pool()))
-        self.router = ChannelRouter(self, make_connection or hub_connection_factory(self.name))
+        config = private_settings.WS4REDIS_CONNECTION
+        self.router: Router
+        if make_connection is None and is_cluster(config):
+            self.client = client if client is not None else _cluster_client(config)
+            self.router = ShardRouter(self, self.client, self._shard_link_factory(config))
+        else:
+            # Without a gevent patch (uWSGI as 0.6.0 ran it) the hub's own connections use gevent sockets.
+            self.client = client if client is not None else HubRedis(
+                connection_pool=cooperative_pool(get_connection_pool()))
+            self.router = ChannelRouter(self, make_connection or hub_connection_factory(self.name))
         self._listeners: dict[bytes, dict[Listener, None]] = {}
         self._pattern_listeners: dict[bytes, dict[Listener, None]] = {}
         # Tuples of listeners per channel, rebuilt lazily after a change, iterated per message.
@@ -428,6 +187,18 @@ class Hub:
         self._heartbeat = private_settings.heartbeat_bytes()
         self.closed = False
         METRICS.add_gauges(self._gauges)
+
+    def _shard_link_factory(
+        self, config: Mapping[str, Any]
+    ) -> Callable[[ClusterNode, ShardRouter], PubSubLink]:
+        options = node_options(config)
+
+        def make_link(node: ClusterNode, router: ShardRouter) -> PubSubLink:
+            server = {**options, "host": node.host, "port": node.port}
+            return PubSubLink(self, hub_connection_factory(self.name, server), sharded=True, events=router,
+                              name=node.name)
+
+        return make_link
 
     @property
     def connected(self) -> bool:
@@ -444,12 +215,11 @@ class Hub:
     @property
     def unreachable(self) -> bool:
         """Whether Redis cannot be reached at the moment (the links are retrying)."""
-        return any(link.failing for link in self.router.links)
+        return self.router.failing
 
     def start(self) -> None:
         """Connect every link now instead of at the first subscription (a server does it at start-up)."""
-        for link in self.router.links:
-            link.start()
+        self.router.start()
 
     # --- listeners --------------------------------------------------------
 
@@ -474,16 +244,14 @@ class Hub:
             (patterns, self._pattern_listeners, self._pattern_fanout, True),
         ):
             for name in names:
-                key = _as_bytes(name)
+                key = as_bytes(name)
                 members = table.get(key)
                 if members is None:
                     members = table[key] = {}
                 members[listener] = None
                 fanout.pop(key, None)
-                link = self.router.link_for(key)
-                link.start()
-                waiter = link.want(key, pattern)
-                if waiter is not None and not link.failing:
+                waiter = self.router.want(key, pattern)
+                if waiter is not None and not self.router.failing:
                     waiters.append(waiter)
         if not waiters:
             return not self.unreachable
@@ -503,14 +271,14 @@ class Hub:
             (patterns, self._pattern_listeners, self._pattern_fanout, True),
         ):
             for name in names:
-                key = _as_bytes(name)
+                key = as_bytes(name)
                 members = table.get(key)
                 if members is None or members.pop(listener, False) is False:
                     continue
                 fanout.pop(key, None)
                 if not members:
                     del table[key]
-                    self.router.link_for(key).unwant(key, pattern)
+                    self.router.unwant(key, pattern)
 
     # --- fan-out (runs in a link's reader greenlet) -----------------------
 
@@ -552,7 +320,7 @@ class Hub:
         if not names:
             return 0
         try:
-            values = self.client.mget(names)
+            values = fetch_values(self.client, names)
         except LINK_ERRORS as exc:
             logger.warning("ws4redis hub: could not fetch persisted messages after reconnecting: %s", exc)
             return 0
@@ -570,12 +338,21 @@ class Hub:
         """Drop every Redis pub/sub connection of the hub; its subscriptions go with them."""
         self.closed = True
         METRICS.remove_gauges(self._gauges)
-        for link in self.router.links:
-            link.close()
+        self.router.close()
         self._listeners.clear()
         self._pattern_listeners.clear()
         self._fanout.clear()
         self._pattern_fanout.clear()
+
+
+def _cluster_client(config: Mapping[str, Any]) -> RedisCluster:
+    """The hub's client of a cluster (gevent sockets when the process is not patched)."""
+    try:
+        return build_cluster_client(config, connection_class=GeventConnection if sockets_block() else None,
+                                    client_class=HubRedisCluster)
+    except UNAVAILABLE as exc:
+        raise BrokerUnavailable(f"no node of the Redis Cluster of WS4REDIS_CONNECTION answers: {exc}") \
+            from exc
 
 
 class HubRedis(redis.Redis):
@@ -585,6 +362,13 @@ class HubRedis(redis.Redis):
     in its ``set_pubsub_channels``; with this client that returns a
     :class:`SubscriptionRecorder`, so its channels go through the hub too.
     """
+
+    def pubsub(self, **kwargs: object) -> SubscriptionRecorder:  # type: ignore[override]
+        return SubscriptionRecorder()
+
+
+class HubRedisCluster(RedisCluster):
+    """:class:`HubRedis` for a Redis Cluster: ``pubsub()`` records, the hub subscribes with SSUBSCRIBE."""
 
     def pubsub(self, **kwargs: object) -> SubscriptionRecorder:  # type: ignore[override]
         return SubscriptionRecorder()
@@ -625,21 +409,21 @@ class SubscriptionRecorder:
         if kwargs:
             raise TypeError("message handlers are not supported: the hub delivers to the websocket")
         for name in args:
-            self.channels[_as_bytes(name)] = None
+            self.channels[as_bytes(name)] = None
 
     def psubscribe(self, *args: str | bytes, **kwargs: object) -> None:
         if kwargs:
             raise TypeError("message handlers are not supported: the hub delivers to the websocket")
         for name in args:
-            self.patterns[_as_bytes(name)] = None
+            self.patterns[as_bytes(name)] = None
 
     def unsubscribe(self, *args: str | bytes) -> None:
         for name in args or list(self.channels):
-            self.channels.pop(_as_bytes(name), None)
+            self.channels.pop(as_bytes(name), None)
 
     def punsubscribe(self, *args: str | bytes) -> None:
         for name in args or list(self.patterns):
-            self.patterns.pop(_as_bytes(name), None)
+            self.patterns.pop(as_bytes(name), None)
 
     def reset(self) -> None:
         self.channels.clear()

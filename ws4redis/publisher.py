@@ -59,7 +59,7 @@ class RedisPublisher(RedisStore):
                 names += channel_names(facility, broadcast=True)
         if not names:
             return None
-        for value in self._connection.mget(names):
+        for value in redis_connections.fetch_values(self._connection, names):
             if value:
                 return RedisMessage(value)
         return None

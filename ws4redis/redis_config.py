@@ -16,6 +16,7 @@ from redis.connection import SSLConnection, UnixDomainSocketConnection
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ws4redis import constants
+from ws4redis.redis_cluster import check_cluster_settings, is_cluster, node_options
 
 __all__ = ["SentinelBlockingConnectionPool", "build_pool", "check_connection_settings"]
 
@@ -94,19 +95,26 @@ def check_connection_settings(config: Any) -> None:
     }
     if "sentinels" in config:
         _check_sentinels(config)
+    if is_cluster(config):
+        check_cluster_settings(config)
     for key, (valid, expected) in expectations.items():
         if key in config and not valid(config[key]):
             shown = f"a {type(config[key]).__name__}" if key == "password" else repr(config[key])
             raise ImproperlyConfigured(f"{name}[{key!r}] must be {expected}, got {shown}")
-    if not config.get("ssl") and "url" not in config:
+    rediss_nodes = is_cluster(config) and node_options(config).get("ssl")
+    if not config.get("ssl") and "url" not in config and not rediss_nodes:
         ssl_keys = sorted(key for key in config if str(key).startswith("ssl_"))
         if ssl_keys:
             raise ImproperlyConfigured(
                 f"{name} has {', '.join(ssl_keys)} but not ssl=True: {_redacted(config)!r}"
             )
     try:
-        pool = build_pool(config)
-        pool.connection_class(**pool.connection_kwargs)
+        if is_cluster(config):
+            connection_class = SSLConnection if node_options(config).get("ssl") else redis.Connection
+            connection_class(**{key: value for key, value in node_options(config).items() if key != "ssl"})
+        else:
+            pool = build_pool(config)
+            pool.connection_class(**pool.connection_kwargs)
     except (TypeError, ValueError, redis.RedisError) as exc:
         raise ImproperlyConfigured(
             f"{name} is not usable by redis-py ({exc}): {_redacted(config)!r}"

@@ -12,13 +12,15 @@ a readable body instead of the generic 500.
 from __future__ import annotations
 
 import redis
+from redis.exceptions import ClusterDownError, RedisClusterException
 
 from ws4redis.exceptions import WebSocketError
 
 __all__ = ["UNAVAILABLE", "BrokerUnavailable"]
 
-# redis-py errors meaning "Redis is not there right now", as opposed to a refused command.
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+# redis-py errors meaning "Redis is not there right now", as opposed to a refused command: on a
+# cluster also no reachable node (RedisClusterException) and slots without a master (CLUSTERDOWN).
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, ClusterDownError)
 
 
 class BrokerUnavailable(WebSocketError, redis.ConnectionError):

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from ws4redis import settings as private_settings
+from ws4redis.redis_cluster import is_cluster_client, key_slot, publish_on_cluster
 from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -228,24 +229,33 @@ class PublishPlan:
     back on the same pooled connection, without MULTI/EXEC.
     """
 
-    __slots__ = ("channels", "expire", "_commands", "_publishes", "__weakref__")
+    __slots__ = ("channels", "expire", "sharded", "_commands", "_publishes", "_slots", "__weakref__")
 
-    def __init__(self, channels: Iterable[str], expire: int) -> None:
+    def __init__(self, channels: Iterable[str], expire: int, sharded: bool = False) -> None:
         self.channels: tuple[str, ...] = tuple(sorted(channels))
         self.expire = expire
-        # (bytes before the message, bytes after it) per command, and which replies count receivers.
+        self.sharded = sharded  # Redis Cluster: SPUBLISH, each command sent to its slot's master
+        publish = b"SPUBLISH" if sharded else b"PUBLISH"
+        # (bytes before the message, bytes after it) per command, which replies count receivers,
+        # and the hash slot each command goes to on a cluster.
         commands: list[tuple[bytes, bytes]] = []
         publishes: list[bool] = []
+        slots: list[int] = []
         for channel in self.channels:
-            name = _bulk(channel.encode("utf-8") if isinstance(channel, str) else bytes(channel))
+            raw = channel.encode("utf-8") if isinstance(channel, str) else bytes(channel)
+            name = _bulk(raw)
+            slot = key_slot(raw) if sharded else 0
             if expire > 0:
                 keep = b"\r\n" + _bulk(b"EX") + _bulk(b"%d" % expire)
                 commands.append((b"*5\r\n" + _bulk(b"SET") + name, keep))
                 publishes.append(False)
-            commands.append((b"*3\r\n" + _bulk(b"PUBLISH") + name, b"\r\n"))
+                slots.append(slot)
+            commands.append((b"*3\r\n" + _bulk(publish) + name, b"\r\n"))
             publishes.append(True)
+            slots.append(slot)
         self._commands = tuple(commands)
         self._publishes = tuple(publishes)
+        self._slots = tuple(slots)
 
     def pack(self, message: bytes) -> bytes:
         """The RESP encoding of every command of the plan for ``message``."""
@@ -267,6 +277,10 @@ class PublishPlan:
         """
         if not self._commands:
             return 0
+        if self.sharded:
+            length = b"$%d\r\n" % len(message)
+            packed_each = [b"".join((head, length, message, tail)) for head, tail in self._commands]
+            return publish_on_cluster(client, self._slots, packed_each, self._publishes)
         pool = client.connection_pool
         connection = pooled_connection(pool)
         packed = self.pack(message)
@@ -345,11 +359,15 @@ class RedisStore:
 
     def publish_plan(self, expire: int | None = None) -> PublishPlan:
         """The channels and expiry of :meth:`publish_message`, settled now, to publish many messages with."""
-        return PublishPlan(self._publishers, self._expire_seconds(expire))
+        return PublishPlan(self._publishers, self._expire_seconds(expire),
+                           sharded=is_cluster_client(self._connection))
 
     def publishes_through(self, client: Any) -> bool:
-        """Whether this store publishes the standard way over ``client``, so a server may batch for it."""
-        return uses_publish_plan(self) and self._connection is client
+        """Whether this store publishes the standard way over ``client``, so a server may batch for it.
+
+        Not on a Redis Cluster: each command goes to its slot's master, message by message.
+        """
+        return uses_publish_plan(self) and self._connection is client and not is_cluster_client(client)
 
     def publish_message(self, message: Any, expire: int | None = None) -> int:
         """Publish ``message`` on every channel of this store; return how many subscribers got it.
@@ -372,6 +390,9 @@ class RedisStore:
         self, message: Any, expire: int | None = None, transaction: bool = True
     ) -> int:
         """``publish_message`` in one round trip (MULTI/EXEC when ``transaction``)."""
+        if is_cluster_client(self._connection):
+            # A cluster has no MULTI across slots: one round trip per master, as publish_message does.
+            return self.publish_message(message, expire)
         message = self._as_message(message)
         expire = self._expire_seconds(expire)
         if not self._publishers:

@@ -130,7 +130,8 @@ class RedisSubscriber(RedisStore):
         names = self.subscribed_channels
         if not names:
             return []
-        messages = (RedisMessage(value) for value in self._connection.mget(names) if value is not None)
+        messages = (RedisMessage(value) for value in redis_connections.fetch_values(self._connection, names)
+                    if value is not None)
         return [message for message in messages if message is not None]
 
     def send_persisted_messages(self, websocket: Any, request: Any = None) -> None:
