@@ -128,7 +128,7 @@ class RedisClusterSet:
         return self.client(port).cluster("myid").decode()
 
     def reshard(self, source: int, target: int, slots: int) -> float:
-        """Move ``slots`` slots from the master on ``source`` to the one on ``target``; the seconds it took."""
+        """Move ``slots`` slots from the master on ``source`` to the one on ``target``; seconds it took."""
         started = time.monotonic()
         moved = subprocess.run(
             [_cli(), "--cluster", "reshard", f"127.0.0.1:{source}", "--cluster-from", self.node_id(source),
