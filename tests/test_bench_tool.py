@@ -303,3 +303,15 @@ def test_garbage_after_a_message_is_a_protocol_error_and_the_message_still_count
     [kind] = report["error_kinds"]
     assert kind.startswith("protocol error from server (close 1002)")
     assert "filedescriptor" in kind
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--redis", "redis://127.0.0.1:1/0", "--redis-cluster", "redis://127.0.0.1:2"], "--redis-cluster"),
+        (["--sentinel", "127.0.0.1:26379"], "--master-name"),
+        (["--sentinel", "127.0.0.1", "--master-name", "m"], "--sentinel must be HOST:PORT"),
+    ],
+)
+def test_bad_broker_arguments_are_refused_naming_the_option(args, named):
+    assert named in bench_usage_error("ws://127.0.0.1:1/ws/x", *args)

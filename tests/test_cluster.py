@@ -328,3 +328,63 @@ def test_delivery_resumes_after_a_master_fails_over_to_its_replica(cluster, redi
             cluster.restore(victim)
         close_connection_pools()
         site.cleanup()
+
+
+def test_runserver_refuses_websockets_on_a_cluster_saying_why(cluster, redis_server):
+    """runserver opens a subscription per websocket, which a cluster cannot carry: 500 naming the reason."""
+    site = Site(redis_server.url, {"WS4REDIS_CONNECTION": repr(cluster.connection)})
+    try:
+        with servers.serving(servers.runserver(site)) as server:
+            status, _, body = servers.http_request(server.port, "GET", "/ws/anything?subscribe-broadcast", {
+                "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+            assert status == 500 and b"names a Redis Cluster" in body and b"SSUBSCRIBE" in body, body
+            assert "names a Redis Cluster" in server.output()
+    finally:
+        site.cleanup()
+
+
+def test_a_hub_on_a_cluster_refuses_patterns_before_registering_anything(on_cluster):
+    from ws4redis.hub import Hub
+
+    class Listener:
+        def deliver(self, frame, payload, channel):
+            return False
+
+        def flush(self):
+            return None
+
+    hub = Hub(name="ws4redis-hub:patterns-test")
+    try:
+        with pytest.raises(ValueError, match="no pattern subscriptions"):
+            hub.subscribe(Listener(), ["broadcast:plain"], ["broadcast:*"])
+        assert hub.subscribe(Listener(), ["broadcast:plain"]) is True
+        assert subscribers_on_owner(on_cluster, "broadcast:plain") == 1
+    finally:
+        hub.close()
+
+
+def test_a_hub_without_a_reachable_node_says_which_setting(redis_server):
+    from ws4redis.hub import Hub
+    from ws4redis.redis_errors import BrokerUnavailable
+
+    dead = {"cluster": [f"redis://127.0.0.1:{servers.free_port()}"]}
+    with override_settings(WS4REDIS_CONNECTION=dead), \
+            pytest.raises(BrokerUnavailable, match="no node of the Redis Cluster of WS4REDIS_CONNECTION"):
+        Hub()
+
+
+def test_the_bench_tool_measures_fan_out_on_a_cluster(cluster, redis_server):
+    """ws4redis-bench --redis-cluster SPUBLISHes to the channel's master; every client gets everything."""
+    from tests.test_bench_tool import bench
+
+    site = Site(redis_server.url, {"WS4REDIS_CONNECTION": repr(cluster.connection)})
+    try:
+        with servers.serving(servers.gevent_server(site)) as server:
+            facility = f"bench-{uuid.uuid4().hex[:6]}"
+            report, _ = bench(f"ws://127.0.0.1:{server.port}/ws/{facility}?subscribe-broadcast",
+                              "--redis-cluster", cluster.urls[1], "-n", "20", "-m", "200", "--quiet")
+            assert report["delivered"] == report["expected"] == 20 * 200, report
+            assert report["lost"] == report["duplicates"] == 0 and not report["errors"], report
+    finally:
+        site.cleanup()

@@ -86,3 +86,20 @@ def test_a_bad_sentinel_setting_names_what_is_wrong(connection, message):
     with pytest.raises(ImproperlyConfigured) as error:
         check_connection_settings(connection)
     assert "WS4REDIS_CONNECTION" in str(error.value) and message in str(error.value)
+
+
+def test_the_bench_tool_publishes_to_the_master_the_sentinels_name(sentinels):
+    from tests.test_bench_tool import bench
+
+    site = Site(sentinels.master.url, {"WS4REDIS_CONNECTION": repr(sentinels.connection)})
+    hosts = [arg for host, port in sentinels.connection["sentinels"]
+             for arg in ("--sentinel", f"{host}:{port}")]
+    try:
+        with serving(servers.gevent_server(site)) as server:
+            report, _ = bench(f"ws://127.0.0.1:{server.port}/ws/bench?subscribe-broadcast", *hosts,
+                              "--master-name", sentinels.connection["master_name"], "-n", "10", "-m", "100",
+                              "--quiet")
+            assert report["delivered"] == report["expected"] == 10 * 100, report
+            assert report["lost"] == 0 and not report["errors"], report
+    finally:
+        site.cleanup()

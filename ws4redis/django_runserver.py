@@ -40,9 +40,11 @@ from wsgiref.handlers import BaseHandler
 from django.core.wsgi import get_wsgi_application
 
 from ws4redis import constants
+from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, upgrade_response
-from ws4redis.server.accept import StartResponse
+from ws4redis.redis_cluster import CLUSTER_NEEDS_HUB, is_cluster
+from ws4redis.server.accept import Accepted, Rejected, StartResponse
 from ws4redis.websocket import WebSocket
 from ws4redis.wsgi_server import WebsocketWSGIServer, websocket_or_django
 
@@ -128,6 +130,20 @@ def _linger(fd: int, limit: float) -> None:
 
 class WebsocketRunServer(WebsocketWSGIServer):
     """The websocket application for Django's threaded development server."""
+
+    def __init__(self, redis_connection: Any = None) -> None:
+        super().__init__(redis_connection)
+        # Said at start and to every websocket; the rest of the site (often this very
+        # WSGI_APPLICATION under the gevent server) keeps working.
+        self._refusal: Rejected | None = None
+        if is_cluster(private_settings.WS4REDIS_CONNECTION):
+            logger.error("ws4redis: %s", CLUSTER_NEEDS_HUB)
+            self._refusal = Rejected(500, f"Internal Server Error: {CLUSTER_NEEDS_HUB}")
+
+    def accept(self, environ: dict[str, Any]) -> Accepted | Rejected:
+        if self._refusal is not None:
+            return self._refusal
+        return super().accept(environ)
 
     def serve_websocket(self, websocket: Any, *args: Any, **kwargs: Any) -> None:
         """The relay of every server, then a close that lets the peer read the close frame."""

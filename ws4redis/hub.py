@@ -62,7 +62,7 @@ from ws4redis.pubsub_parser import PubSubParser
 from ws4redis.redis_cluster import build_cluster_client, fetch_values, is_cluster, node_options
 from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
 from ws4redis.server.rules import forwarded
-from ws4redis.shard_router import ShardRouter
+from ws4redis.shard_router import NO_PATTERNS, ShardRouter
 
 __all__ = [
     "ChannelRouter", "Hub", "HubRedis", "HubRedisCluster", "Listener", "PubSubLink", "Router",
@@ -84,6 +84,8 @@ class Listener(Protocol):
 
 class Router(Protocol):
     """Which Redis pub/sub connection carries which channel (one Redis, or a cluster's shards)."""
+
+    patterns: bool  # whether pattern subscriptions can be carried
 
     @property
     def links(self) -> tuple[PubSubLink, ...]: ...
@@ -108,6 +110,8 @@ class ChannelRouter:
     That server is one Redis, or the master the sentinels name (each new connection asks
     them). A Redis Cluster is routed by :class:`ws4redis.shard_router.ShardRouter` instead.
     """
+
+    patterns = True
 
     def __init__(self, hub: Hub, make_connection: Callable[[], redis.Connection]) -> None:
         self._link = PubSubLink(hub, make_connection)
@@ -238,6 +242,9 @@ class Hub:
         """
         if self.closed:
             raise RuntimeError("the hub is closed")
+        patterns = list(patterns)
+        if patterns and not self.router.patterns:
+            raise ValueError(NO_PATTERNS)
         waiters = []
         for names, table, fanout, pattern in (
             (channels, self._listeners, self._fanout, False),

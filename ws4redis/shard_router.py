@@ -39,7 +39,7 @@ from ws4redis import constants
 from ws4redis.pubsub_link import LINK_ERRORS, LinkOwner, PubSubLink
 from ws4redis.redis_errors import UNAVAILABLE
 
-__all__ = ["ShardRouter"]
+__all__ = ["NO_PATTERNS", "ShardRouter"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ NO_PATTERNS = (
 
 class ShardRouter:
     """One sharded link per master node, a home link per channel, moved when the slot map changes."""
+
+    patterns = False
 
     def __init__(self, owner: LinkOwner, client: RedisCluster,
                  link_factory: Callable[[ClusterNode, ShardRouter], PubSubLink]) -> None:

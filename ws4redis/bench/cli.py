@@ -21,6 +21,8 @@ BAR_WIDTH = 30
 EPILOG = """\
 publish mode: N clients connect to URL, the tool PUBLISHes M messages to the Redis channel
 (default broadcast:<last path segment of URL>) and every client must receive every message.
+On a Redis Cluster (--redis-cluster) it SPUBLISHes, as ws4redis does there; with --sentinel
+it publishes to the master the sentinels name.
 echo mode: every client sends M messages, one at a time, and waits for each to come back.
 Each message carries a sequence number and its send time, so latency and loss are exact.
 Exit status: 0 when nothing was lost and no error happened, 1 otherwise, 2 for bad arguments.
@@ -28,6 +30,9 @@ Exit status: 0 when nothing was lost and no error happened, 1 otherwise, 2 for b
 examples:
   ws4redis-bench ws://127.0.0.1:8001/ws/bench?subscribe-broadcast --redis redis://127.0.0.1:6380/0 \\
       -n 1000 -m 200 --server-pid 1234
+  ws4redis-bench ws://127.0.0.1:8001/ws/bench?subscribe-broadcast --redis-cluster redis://127.0.0.1:7000
+  ws4redis-bench ws://127.0.0.1:8001/ws/bench?subscribe-broadcast --sentinel 10.0.0.1:26379 \
+      --sentinel 10.0.0.2:26379 --master-name mymaster
   ws4redis-bench ws://127.0.0.1:8002/ --mode echo -n 50 -m 1000 --json
 """
 
@@ -67,7 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-s", "--size", type=positive_int, default=100, help=f"message size in bytes, >= {HEADER_SIZE} (100)"
     )
     parser.add_argument("--mode", choices=("publish", "echo"), default="publish")
-    parser.add_argument("--redis", dest="redis_url", help="Redis URL to publish to (publish mode)")
+    broker = parser.add_mutually_exclusive_group()
+    broker.add_argument("--redis", dest="redis_url", help="Redis URL to publish to (publish mode)")
+    broker.add_argument(
+        "--redis-cluster", dest="cluster_url", metavar="URL",
+        help="a node of the Redis Cluster to publish to, SPUBLISH on the channel's master (publish mode)",
+    )
+    broker.add_argument(
+        "--sentinel", dest="sentinels", action="append", default=[], metavar="HOST:PORT",
+        help="a sentinel naming the master to publish to, repeatable; needs --master-name (publish mode)",
+    )
+    parser.add_argument("--master-name", help="the master the sentinels watch (with --sentinel)")
     parser.add_argument("--channel", help="Redis channel (default broadcast:<facility from the URL>)")
     parser.add_argument(
         "--rate", type=non_negative_float, default=0.0, help="messages per second in total, 0 = flat out (0)"
@@ -118,8 +133,17 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     args = parser.parse_args(argv)
     if args.size < HEADER_SIZE:
         parser.error(f"--size must be at least {HEADER_SIZE} bytes (the benchmark header), got {args.size}")
-    if args.mode == "publish" and not args.redis_url:
-        parser.error("--redis URL is required in publish mode")
+    if args.mode == "publish" and not (args.redis_url or args.cluster_url or args.sentinels):
+        parser.error("--redis URL (or --redis-cluster URL, or --sentinel HOST:PORT) is required in "
+                     "publish mode")
+    if args.sentinels and not args.master_name:
+        parser.error("--sentinel needs --master-name, the name the sentinels monitor the master by")
+    sentinels = []
+    for entry in args.sentinels:
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"--sentinel must be HOST:PORT, got {entry!r}")
+        sentinels.append((host, int(port)))
     if args.window < 0:
         parser.error(f"--window must be zero or positive, got {args.window}")
     options = Options(
@@ -128,7 +152,10 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         messages=args.messages,
         size=args.size,
         mode=args.mode,
-        redis_url=args.redis_url,
+        redis_url=args.redis_url or args.cluster_url,
+        broker="cluster" if args.cluster_url else "sentinel" if sentinels else "redis",
+        sentinels=tuple(sentinels),
+        master_name=args.master_name,
         channel=args.channel,
         rate=args.rate,
         window=args.window,

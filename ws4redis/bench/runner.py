@@ -11,6 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 from time import monotonic, monotonic_ns, process_time
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -44,6 +45,11 @@ class Options:
     size: int = 100
     mode: str = "publish"
     redis_url: str | None = None
+    # "redis": redis_url is one server; "cluster": redis_url is a node of a Redis Cluster
+    # (SPUBLISH to the channel's master); "sentinel": the master the sentinels name.
+    broker: str = "redis"
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str | None = None
     channel: str | None = None
     rate: float = 0.0
     window: int = 0
@@ -81,6 +87,20 @@ def split_envelope(envelope: str | None) -> tuple[bytes, bytes]:
         raise ValueError(f"--envelope must contain {ENVELOPE_FIELD} exactly once, got {envelope!r}")
     before, after = envelope.split(ENVELOPE_FIELD)
     return before.encode(), after.encode()
+
+
+def broker_client(options: Options) -> Any:
+    """The asyncio client that publishes: one Redis, a Redis Cluster, or the master of the sentinels."""
+    if options.broker == "cluster":
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(options.redis_url)
+    if options.broker == "sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinel = Sentinel(list(options.sentinels), socket_timeout=options.timeout)
+        return sentinel.master_for(options.master_name)
+    return aioredis.from_url(options.redis_url)
 
 
 def check_options(options: Options) -> None:
@@ -124,7 +144,7 @@ class Run:
         redis = None
         try:
             if opts.mode == "publish":
-                redis = aioredis.from_url(opts.redis_url)
+                redis = broker_client(opts)
                 await self._warm_up(redis)
             rss_after = self.server.rss_bytes() if self.server else 0
             cpu_before = self.server.cpu_seconds() if self.server else 0.0
@@ -229,9 +249,15 @@ class Run:
                 self.stats.error(f"warm-up: {len(waiting)} clients got no message within {opts.timeout} s")
                 return
             marker = message(sender, attempt, padding)
-            await redis.publish(channel, self.envelope[0] + marker + self.envelope[1])
+            await redis.execute_command(self.publish_command, channel,
+                                        self.envelope[0] + marker + self.envelope[1])
             await asyncio.sleep(WARMUP_INTERVALS[min(attempt, len(WARMUP_INTERVALS) - 1)])
             attempt += 1
+
+    @property
+    def publish_command(self) -> str:
+        """SPUBLISH on a cluster (delivered within the channel's shard, as ws4redis publishes there)."""
+        return "SPUBLISH" if self.options.broker == "cluster" else "PUBLISH"
 
     @property
     def channel(self) -> str:
@@ -280,9 +306,10 @@ class Run:
                     continue
                 count = min(count, room)
             count = min(count, PUBLISH_BATCH)
-            pipe = redis.pipeline(transaction=False)
+            pipe = redis.pipeline(transaction=False) if opts.broker != "cluster" else redis.pipeline()
             for seq in range(published, published + count):
-                pipe.publish(channel, before + message(sender, seq, padding) + after)
+                pipe.execute_command(self.publish_command, channel,
+                                     before + message(sender, seq, padding) + after)
             receivers = await pipe.execute()
             if not receivers[0]:
                 stats.error(f"publish: no subscriber on Redis channel {channel!r}")
