@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     # redis-py connection options: host/port/db/password, unix_socket_path, ssl + ssl_*,
     # or a 'url' (redis://, rediss://, unix://); extra keys go to redis-py as they are.
     # 'max_connections' and 'pool_timeout' size the shared pool used for publishing.
+    # 'sentinels' + 'master_name' find the master through Redis Sentinel; 'cluster' (node URLs)
+    # names a Redis Cluster (sharded pub/sub, ws4redis.redis_cluster).
     "WS4REDIS_CONNECTION": {"host": "localhost", "port": 6379, "db": 0, "password": None},
     # Seconds the LAST message of each channel is kept in Redis for late joiners; 0: not kept.
     "WS4REDIS_EXPIRE": constants.DEFAULT_EXPIRE,
