@@ -64,6 +64,7 @@ cdef uint64_t MAX_LENGTH_64 = constants.MAX_LENGTH_64
 # Opcodes and limits.
 cdef int OP_CONTINUATION = constants.OP_CONTINUATION
 cdef int OP_TEXT = constants.OP_TEXT
+cdef int OP_BINARY = constants.OP_BINARY
 cdef int OP_CLOSE = constants.OP_CLOSE
 cdef Py_ssize_t MAX_CONTROL_PAYLOAD = constants.MAX_CONTROL_PAYLOAD
 cdef uint64_t UNLIMITED = 0xFFFFFFFFFFFFFFFF
@@ -110,13 +111,13 @@ cdef class Frame:
         return f"Frame(opcode={self.opcode:#x}, payload={shown}, fin={bool(self.fin)}{rsv})"
 
 
-cdef inline Frame new_frame(int opcode, bytes payload, bint fin):
+cdef inline Frame new_frame(int opcode, bytes payload, bint fin, bint rsv1):
     """A parsed frame, built without the argument parsing of ``Frame(...)``."""
     cdef Frame frame = Frame.__new__(Frame)
     frame.opcode = OPCODES[opcode]
     frame.payload = payload
     frame.fin = True if fin else False
-    frame.rsv1 = False
+    frame.rsv1 = True if rsv1 else False
     frame.rsv2 = False
     frame.rsv3 = False
     return frame
@@ -216,6 +217,9 @@ cdef class FrameParser:
     cdef object _max_size_value, _max_fragments_value
     cdef uint64_t _max_size, _max_fragments
     cdef bint _require_mask, _validate
+    # permessage-deflate (RFC 7692) was negotiated: RSV1 marks a compressed message, whose
+    # UTF-8 is checked after inflating, one layer up.
+    cdef bint _allow_compressed, _compressed, _msg_compressed
     # Bytes held between feed calls: a partial header or the current payload.
     cdef unsigned char *_buf
     cdef Py_ssize_t _buf_len, _buf_cap
@@ -238,6 +242,7 @@ cdef class FrameParser:
         require_mask=True,
         max_fragments=None,
         validate_utf8=True,
+        allow_compressed=False,
     ):
         if max_message_size <= 0:
             raise ValueError(f"max_message_size must be positive, got {max_message_size}")
@@ -251,6 +256,9 @@ cdef class FrameParser:
         self._max_fragments = min(int(max_fragments), UNLIMITED)
         self._require_mask = bool(require_mask)
         self._validate = bool(validate_utf8)
+        self._allow_compressed = bool(allow_compressed)
+        self._compressed = False
+        self._msg_compressed = False
         self._buf_len = 0
         self._error = None
         self._in_payload = False
@@ -381,7 +389,7 @@ cdef class FrameParser:
         """
         cdef unsigned char first, second
         cdef int opcode
-        cdef bint fin, masked, text
+        cdef bint fin, masked, text, compressed
         cdef uint64_t length, total, fragments
         cdef Py_ssize_t size, i
         if available < 2:
@@ -393,8 +401,13 @@ cdef class FrameParser:
         masked = (second & MASKED) != 0
         length = second & LENGTH_BITS
 
+        compressed = False
         if first & RSV_BITS:
-            raise ProtocolError("reserved bits set but no extension was negotiated")
+            if not self._allow_compressed or first & (RSV2 | RSV3):
+                raise ProtocolError("reserved bits set but no extension was negotiated")
+            if opcode != OP_TEXT and opcode != OP_BINARY:
+                raise ProtocolError("RSV1 set on a frame that does not start a data message")
+            compressed = True
         if not (KNOWN_OPCODES >> opcode) & 1:
             raise ProtocolError(f"reserved opcode {opcode:#x}")
         if masked != self._require_mask:
@@ -434,7 +447,7 @@ cdef class FrameParser:
         if opcode < OP_CLOSE:
             if opcode == OP_CONTINUATION:
                 fragments = self._msg_fragments + 1
-                text = self._msg_opcode == OP_TEXT
+                text = self._msg_opcode == OP_TEXT and not self._msg_compressed
                 if length > UNLIMITED - self._msg_size:
                     total = UNLIMITED  # beyond any limit this parser can hold
                 else:
@@ -442,7 +455,7 @@ cdef class FrameParser:
             else:
                 total = length
                 fragments = 1
-                text = opcode == OP_TEXT
+                text = opcode == OP_TEXT and not compressed
             if total > self._max_size:
                 if opcode == OP_CONTINUATION:
                     shown = self._msg_size + <object>length
@@ -463,9 +476,11 @@ cdef class FrameParser:
                 self._msg_opcode = 0
                 self._msg_size = 0
                 self._msg_fragments = 0
+                self._msg_compressed = False
             else:
                 if opcode != OP_CONTINUATION:
                     self._msg_opcode = opcode
+                    self._msg_compressed = compressed
                 self._msg_size = total
                 self._msg_fragments = fragments
 
@@ -477,6 +492,7 @@ cdef class FrameParser:
             memcpy(self._key, p + size - WS_MASK_KEY_LENGTH, WS_MASK_KEY_LENGTH)
         self._done = 0
         self._text = text
+        self._compressed = compressed
         self._in_payload = True
         return size
 
@@ -539,7 +555,7 @@ cdef class FrameParser:
             raise InvalidPayloadError("text message ends in the middle of a UTF-8 sequence")
         if opcode == OP_CLOSE:
             self._check_close_payload(payload)
-        return new_frame(opcode, payload, self._fin)
+        return new_frame(opcode, payload, self._fin, self._compressed)
 
     cdef int _check_close_payload(self, bytes payload) except -1:
         """Section 5.5.1: an optional 2-byte status code, then an optional UTF-8 reason."""

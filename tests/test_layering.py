@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CORE_MODULES = {
     "ws4redis.constants",
+    "ws4redis.deflate",
     "ws4redis.exceptions",
     "ws4redis.handshake",
     "ws4redis.protocol",
@@ -33,7 +34,7 @@ CORE_MODULES = {
     "ws4redis._speedups_mask",
     "ws4redis._speedups_utf8",
 }
-CORE_NAMES = ("constants", "exceptions", "handshake", "protocol", "speedups")
+CORE_NAMES = ("constants", "deflate", "exceptions", "handshake", "protocol", "speedups")
 CORE_FILES = [
     *(ROOT / "ws4redis" / f"{name}.py" for name in CORE_NAMES),
     *sorted((ROOT / "ws4redis" / "pure").glob("*.py")),

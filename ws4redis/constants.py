@@ -69,6 +69,11 @@ KNOWN_OPCODES = DATA_OPCODES | CONTROL_OPCODES  # every other opcode is reserved
 # Limits
 MAX_CONTROL_PAYLOAD = 125
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, as websockets, daphne and uWSGI
+# permessage-deflate (WS4REDIS_COMPRESSION, ws4redis.deflate): messages shorter than this go out
+# uncompressed (a deflate block costs more than it saves on a few bytes); zlib's level and memLevel.
+DEFAULT_COMPRESSION_THRESHOLD = 128
+DEFAULT_COMPRESSION_LEVEL = 6
+DEFAULT_COMPRESSION_MEM_LEVEL = 8
 MASK_KEY_LENGTH = 4  # RFC 6455, section 5.3
 RECV_SIZE = 1 << 16  # bytes asked for per recv by the WebSocket adapter and the echo server
 

@@ -41,6 +41,7 @@ from django.core.wsgi import get_wsgi_application
 
 from ws4redis import constants
 from ws4redis import settings as private_settings
+from ws4redis.deflate import Deflation
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, upgrade_response
 from ws4redis.redis_cluster import CLUSTER_NEEDS_HUB, is_cluster
@@ -162,11 +163,14 @@ class WebsocketRunServer(WebsocketWSGIServer):
         sock.sendall(upgrade_response(handshake, subprotocol))
         handler.headers_sent = True
         request_handler.close_connection = True
+        deflation = None if handshake.deflate is None or self.config.compression is None else \
+            Deflation(handshake.deflate, self.config.compression, self.config.max_message_size)
         websocket = WebSocket(
             sock,
             initial=initial,
             max_message_size=self.config.max_message_size,
             max_fragments=self.config.max_fragments,
+            deflation=deflation,
         )
         _open_websockets.add(websocket)
         return websocket

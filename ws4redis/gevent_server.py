@@ -212,7 +212,8 @@ class WebSocketHandler(WSGIHandler):
         sock.settimeout(server.config.handshake_timeout)
         hub = server.hub
         answer = accept(environ, server.subscriber_class, hub.client,
-                        broker_unreachable=lambda: hub.unreachable, stopping=lambda: server.stopping)
+                        broker_unreachable=lambda: hub.unreachable, stopping=lambda: server.stopping,
+                        compression=server.config.compression)
         # The request, its session and user stay behind: a websocket lives for hours.
         self.environ = environ = None
         if isinstance(answer, Rejected):

@@ -13,10 +13,11 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 
 from ws4redis import constants
+from ws4redis.deflate import CompressionSettings, DeflateParams, negotiate
 from ws4redis.exceptions import HandshakeError, UpgradeRequiredError
 
 __all__ = [
@@ -103,6 +104,16 @@ class Handshake:
 
     key: str
     subprotocols: list[str] = field(default_factory=list)
+    # permessage-deflate, once negotiated (with_compression): its parameters and response value.
+    deflate: DeflateParams | None = None
+    extensions: str | None = None
+
+    def with_compression(self, offer: str | None, settings: CompressionSettings | None) -> Handshake:
+        """This handshake with permessage-deflate negotiated from the client's offer, if any fits."""
+        negotiated = negotiate(offer, settings)
+        if negotiated is None:
+            return self
+        return replace(self, deflate=negotiated[0], extensions=negotiated[1])
 
     @property
     def accept(self) -> str:
@@ -121,6 +132,8 @@ class Handshake:
             if subprotocol not in self.subprotocols:
                 raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
             headers.append(("Sec-WebSocket-Protocol", subprotocol))
+        if self.extensions is not None:
+            headers.append(("Sec-WebSocket-Extensions", self.extensions))
         return headers
 
 

@@ -56,7 +56,7 @@ from ws4redis import settings as private_settings
 from ws4redis.connection import build_pool, get_connection_pool
 from ws4redis.gevent_redis import GeventConnection, cooperative_pool, sockets_block
 from ws4redis.metrics import METRICS
-from ws4redis.protocol import frame_payload
+from ws4redis.protocol import frame_compressed, frame_payload
 from ws4redis.pubsub_link import LINK_ERRORS, PubSubLink, as_bytes
 from ws4redis.pubsub_parser import PubSubParser
 from ws4redis.redis_cluster import build_cluster_client, fetch_values, is_cluster, node_options
@@ -80,6 +80,9 @@ class Listener(Protocol):
 
     def flush(self) -> None:
         """Write what was queued, without blocking."""
+
+    # Optional: ``deflation`` (ws4redis.deflate.Deflation) when the socket negotiated
+    # permessage-deflate; the hub then hands it the frame compressed once for all such sockets.
 
 
 class Router(Protocol):
@@ -183,9 +186,9 @@ class Hub:
             self.router = ChannelRouter(self, make_connection or hub_connection_factory(self.name))
         self._listeners: dict[bytes, dict[Listener, None]] = {}
         self._pattern_listeners: dict[bytes, dict[Listener, None]] = {}
-        # Tuples of listeners per channel, rebuilt lazily after a change, iterated per message.
-        self._fanout: dict[bytes, tuple[Listener, ...]] = {}
-        self._pattern_fanout: dict[bytes, tuple[Listener, ...]] = {}
+        # Listeners per channel grouped by compression, rebuilt lazily after a change, used per message.
+        self._fanout: dict[bytes, tuple[tuple[Any, tuple[Listener, ...]], ...]] = {}
+        self._pattern_fanout: dict[bytes, tuple[tuple[Any, tuple[Listener, ...]], ...]] = {}
         self._pending: list[Listener] = []
         # Read once: 0.6.0 never forwarded the heartbeat string (nor an empty message).
         self._heartbeat = private_settings.heartbeat_bytes()
@@ -297,21 +300,25 @@ class Hub:
         """
         pattern = channel is not None
         fanout = self._pattern_fanout if pattern else self._fanout
-        listeners = fanout.get(key)
-        if listeners is None:
+        groups = fanout.get(key)
+        if groups is None:
             members = (self._pattern_listeners if pattern else self._listeners).get(key)
             if not members:
                 return  # unsubscribed meanwhile
-            listeners = fanout[key] = tuple(members)
+            groups = fanout[key] = _by_compression(members)
         if not forwarded(payload, self._heartbeat):
             return
         frame = frame_payload(payload)
-        METRICS.deliveries += len(listeners)
         name = (channel if pattern else key).decode("utf-8", "replace")
         pending = self._pending
-        for listener in listeners:
-            if listener.deliver(frame, payload, name):
-                pending.append(listener)
+        for deflation, listeners in groups:
+            METRICS.deliveries += len(listeners)
+            sent = frame
+            if deflation is not None and len(payload) >= deflation.threshold:
+                sent = frame_compressed(payload, deflation.compressor)  # once for the whole group
+            for listener in listeners:
+                if listener.deliver(sent, payload, name):
+                    pending.append(listener)
 
     def flush_pending(self) -> None:
         """Let every listener that received something write it out (non-blocking)."""
@@ -360,6 +367,18 @@ def _cluster_client(config: Mapping[str, Any]) -> RedisCluster:
     except UNAVAILABLE as exc:
         raise BrokerUnavailable(f"no node of the Redis Cluster of WS4REDIS_CONNECTION answers: {exc}") \
             from exc
+
+
+def _by_compression(members: Iterable[Listener]) -> tuple[tuple[Any, tuple[Listener, ...]], ...]:
+    """The listeners of a channel grouped by the compressor their frames need (None: uncompressed)."""
+    groups: dict[Any, list[Listener]] = {}
+    deflations: dict[Any, Any] = {None: None}
+    for listener in members:
+        deflation = getattr(listener, "deflation", None)
+        key = None if deflation is None else (deflation.compressor, deflation.threshold)
+        deflations.setdefault(key, deflation)
+        groups.setdefault(key, []).append(listener)
+    return tuple((deflations[key], tuple(listeners)) for key, listeners in groups.items())
 
 
 class HubRedis(redis.Redis):

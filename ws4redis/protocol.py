@@ -16,7 +16,8 @@ import struct
 from dataclasses import dataclass
 
 from ws4redis import constants
-from ws4redis.exceptions import ConnectionClosed, ProtocolError
+from ws4redis.deflate import Compressor, Deflation
+from ws4redis.exceptions import ConnectionClosed, InvalidPayloadError, ProtocolError
 from ws4redis.speedups import FrameParser, encode_frame, validate_utf8
 
 __all__ = [
@@ -28,7 +29,10 @@ __all__ = [
     "ProtocolViolation",
     "State",
     "WebSocketProtocol",
+    "frame_compressed",
+    "frame_for",
     "frame_message",
+    "frame_payload",
 ]
 
 # Module globals: looked up faster than constants.X in the per-frame loop.
@@ -131,6 +135,19 @@ def frame_payload(payload: bytes | bytearray | memoryview) -> bytes:
     return encode_frame(opcode, payload)
 
 
+def frame_compressed(payload: bytes | bytearray | memoryview, compressor: Compressor) -> bytes:
+    """:func:`frame_payload`'s frame, deflated (RSV1 set) for every socket that negotiated ``compressor``."""
+    opcode = constants.OP_TEXT if validate_utf8(payload) else constants.OP_BINARY
+    return encode_frame(opcode, compressor.compress(payload), rsv1=True)
+
+
+def frame_for(payload: bytes | bytearray | memoryview, deflation: Deflation | None) -> bytes:
+    """The frame one connection sends for ``payload``: compressed when it negotiated it and it pays."""
+    if deflation is not None and len(payload) >= deflation.threshold:
+        return frame_compressed(payload, deflation.compressor)
+    return frame_payload(payload)
+
+
 def _close_payload(code: int, reason: str | bytes) -> bytes:
     encoded = _utf8(reason, "a close reason")
     if len(encoded) > _MAX_CLOSE_REASON:
@@ -158,8 +175,11 @@ class WebSocketProtocol:
         client: bool = False,
         max_message_size: int = constants.DEFAULT_MAX_MESSAGE_SIZE,
         max_fragments: int | None = None,
+        deflation: Deflation | None = None,
     ) -> None:
         self.client = client
+        # permessage-deflate, when the handshake negotiated it (ws4redis.deflate).
+        self.deflation = deflation
         self.state = State.OPEN
         self.close_code: int | None = None
         self.close_reason: str = ""
@@ -172,10 +192,12 @@ class WebSocketProtocol:
             require_mask=not client,
             max_fragments=max_fragments,
             validate_utf8=True,
+            allow_compressed=deflation is not None,
         )
         self._outgoing: list[bytes] = []
         self._fragments: list[bytes] = []
         self._fragmented_binary = False
+        self._inflating = False  # the fragmented message in progress is compressed
 
     # --- input ------------------------------------------------------------
 
@@ -190,7 +212,7 @@ class WebSocketProtocol:
             frames = self._parser.feed(data)
         except ProtocolError as error:
             events = self._handle_frames(error.frames)
-            if self.state is not State.CLOSED:
+            if self.state is not State.CLOSED and self.error is None:
                 self._fail(error)
                 events.append(ProtocolViolation(error))
             return events
@@ -208,7 +230,16 @@ class WebSocketProtocol:
         append = events.append
         for frame in frames:
             opcode = frame.opcode
-            if opcode == _TEXT:
+            if self.deflation is not None and (frame.rsv1 or (opcode == _CONTINUATION and self._inflating)):
+                try:
+                    event = self._inflate(frame)
+                except ProtocolError as error:
+                    self._fail(error)
+                    append(ProtocolViolation(error))
+                    break
+                if event is not None:
+                    append(event)
+            elif opcode == _TEXT:
                 if frame.fin:
                     append(Message(frame.payload, False))
                 else:
@@ -236,6 +267,25 @@ class WebSocketProtocol:
                 append(self._receive_close(frame.payload))
                 break  # section 5.5.1: nothing after a close frame counts
         return events
+
+    def _inflate(self, frame) -> Message | None:
+        """A frame of a compressed message (RFC 7692): inflated as it comes, capped, UTF-8 checked last."""
+        inflater = self.deflation.inflater
+        if frame.opcode != _CONTINUATION:
+            inflater.begin()
+            self._fragments = []
+            self._fragmented_binary = frame.opcode == _BINARY
+            self._inflating = True
+        self._fragments.append(inflater.feed(frame.payload, frame.fin))
+        if not frame.fin:
+            return None
+        data = b"".join(self._fragments)
+        self._fragments = []
+        self._inflating = False
+        binary = self._fragmented_binary
+        if not binary and not validate_utf8(data):
+            raise InvalidPayloadError("text message is not valid UTF-8")
+        return Message(data, binary)
 
     def _receive_close(self, payload: bytes) -> CloseReceived:
         if payload:
@@ -279,13 +329,21 @@ class WebSocketProtocol:
             raise ConnectionClosed(code, self.close_reason)
 
     def send_message(self, data: str | bytes | bytearray | memoryview, binary: bool = False) -> None:
-        """Queue a message: text (str, or bytes that are UTF-8) or binary."""
+        """Queue a message: text (str, or bytes that are UTF-8) or binary (compressed if negotiated)."""
         self._ensure_open()
         if binary:
             payload = data.encode("utf-8") if isinstance(data, str) else data
-            self._send_frame(constants.OP_BINARY, payload)
+            opcode = constants.OP_BINARY
         else:
-            self._send_frame(constants.OP_TEXT, _utf8(data, "a text message"))
+            payload = _utf8(data, "a text message")
+            opcode = constants.OP_TEXT
+        if self.deflation is not None:
+            compressed = self.deflation.compress(bytes(payload))
+            if compressed is not None:
+                mask_key = os.urandom(constants.MASK_KEY_LENGTH) if self.client else None
+                self._outgoing.append(encode_frame(opcode, compressed, mask_key=mask_key, rsv1=True))
+                return
+        self._send_frame(opcode, payload)
 
     def send_ping(self, payload: bytes = b"") -> None:
         """Queue a ping; the peer's pong arrives as a :class:`Pong` event."""

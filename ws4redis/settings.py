@@ -26,6 +26,7 @@ from django.utils.http import is_same_domain
 from django.utils.module_loading import import_string
 
 from ws4redis import constants
+from ws4redis.deflate import CompressionSettings
 from ws4redis.redis_config import check_connection_settings
 
 DEFAULTS: dict[str, Any] = {
@@ -60,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_MAX_MESSAGE_SIZE": constants.DEFAULT_MAX_MESSAGE_SIZE,
     # Fragments allowed per message; None derives it from WS4REDIS_MAX_MESSAGE_SIZE.
     "WS4REDIS_MAX_FRAGMENTS": None,
+    # permessage-deflate (RFC 7692), off by default: True, or a dict of threshold (bytes under
+    # which messages go uncompressed), level, mem_level, client_no_context_takeover.
+    "WS4REDIS_COMPRESSION": None,
     # Origins allowed to open websockets: '*', or a list of ALLOWED_HOSTS-style host patterns
     # and/or full origins ('https://example.com'); None derives it from ALLOWED_HOSTS.
     "WS4REDIS_ALLOWED_ORIGINS": None,
@@ -106,6 +110,15 @@ def heartbeat_bytes() -> bytes | None:
     """WS4REDIS_HEARTBEAT as it travels in frames and through Redis (None: no heartbeat)."""
     heartbeat = get("WS4REDIS_HEARTBEAT")
     return heartbeat.encode() if heartbeat else None
+
+
+def compression() -> CompressionSettings | None:
+    """WS4REDIS_COMPRESSION as ws4redis.deflate reads it; None when off."""
+    try:
+        return CompressionSettings.from_setting(get("WS4REDIS_COMPRESSION"))
+    except (ValueError, TypeError) as exc:
+        separator = "" if str(exc).startswith("[") else " "
+        raise ImproperlyConfigured(f"WS4REDIS_COMPRESSION{separator}{exc}") from None
 
 
 def max_fragments() -> int:
@@ -348,3 +361,4 @@ def validate_settings() -> None:
     _check_seconds("WS4REDIS_HANDSHAKE_TIMEOUT")
     _check_seconds("WS4REDIS_SHUTDOWN_TIMEOUT", allow_zero=True)
     _check_monitoring()
+    compression()

@@ -176,7 +176,8 @@ class uWSGIWebsocketServer(WebsocketWSGIServer):  # noqa: N801 - the 0.6.0 name
         hub = self.hub
         client = self._redis_connection if self._redis_connection is not None else hub.client
         return accept(environ, self.subscriber_class, client, broker_unreachable=lambda: hub.unreachable,
-                      stopping=lambda: self.stopping, guard=_database_guard.held)
+                      stopping=lambda: self.stopping, guard=_database_guard.held,
+                      compression=self.config.compression)
 
     def release(self, connection: WebSocketConnection) -> None:
         """Forget ``connection`` and free what it holds; its request may end (once)."""
@@ -351,9 +352,18 @@ def take_connection() -> int:
 
 
 def send_upgrade(environ: dict[str, Any], handshake: Handshake, subprotocol: str | None) -> None:
-    """Let uWSGI send the 101 response (it then knows the request has been answered)."""
+    """Let uWSGI send the 101 response (it then knows the request has been answered).
+
+    ``uwsgi.websocket_handshake`` has no argument for Sec-WebSocket-Extensions. It writes the
+    origin it is given as a header value without looking into it (``uwsgi_response_add_header``),
+    so a negotiated permessage-deflate travels as one more header line after the obsolete
+    Sec-WebSocket-Origin, which browsers ignore. The value is ws4redis' own (no client bytes).
+    """
+    origin = environ.get("HTTP_ORIGIN", "") or "*"
+    if handshake.extensions is not None:
+        origin = f"{origin}\r\nSec-WebSocket-Extensions: {handshake.extensions}"
     try:
-        uwsgi.websocket_handshake(handshake.key, environ.get("HTTP_ORIGIN", ""), subprotocol or "")
+        uwsgi.websocket_handshake(handshake.key, origin, subprotocol or "")
     except OSError as exc:
         raise HandshakeError(
             f"Internal Server Error: uWSGI could not upgrade the connection: {exc}", 500

@@ -16,6 +16,7 @@ import time
 from collections import deque
 
 from ws4redis import constants
+from ws4redis.deflate import Deflation
 from ws4redis.exceptions import ConnectionClosed
 from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol
 
@@ -55,9 +56,11 @@ class WebSocket:
         initial: bytes = b"",
         max_message_size: int = constants.DEFAULT_MAX_MESSAGE_SIZE,
         max_fragments: int | None = None,
+        deflation: Deflation | None = None,
     ) -> None:
         self._sock = sock
-        self._protocol = WebSocketProtocol(max_message_size=max_message_size, max_fragments=max_fragments)
+        self._protocol = WebSocketProtocol(max_message_size=max_message_size, max_fragments=max_fragments,
+                                           deflation=deflation)
         self._messages: deque[str | bytes] = deque()
         self._lock = _write_lock_for(sock)
         if initial:

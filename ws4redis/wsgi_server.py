@@ -131,7 +131,8 @@ class WebsocketWSGIServer:
 
     def accept(self, environ: dict[str, Any]) -> Accepted | Rejected:
         """The decision on one upgrade request; the persisted messages come with an acceptance."""
-        return accept(environ, self.Subscriber, self._redis_connection, read_persisted=True)
+        return accept(environ, self.Subscriber, self._redis_connection, read_persisted=True,
+                      compression=self.config.compression)
 
     # --- the WSGI application --------------------------------------------------------------------
 

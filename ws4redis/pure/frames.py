@@ -168,6 +168,7 @@ class FrameParser:
         require_mask: bool = True,
         max_fragments: int | None = None,
         validate_utf8: bool = True,
+        allow_compressed: bool = False,
     ) -> None:
         if max_message_size <= 0:
             raise ValueError(f"max_message_size must be positive, got {max_message_size}")
@@ -179,6 +180,11 @@ class FrameParser:
         self._max_fragments = max_fragments
         self._require_mask = bool(require_mask)
         self._validate = bool(validate_utf8)
+        # permessage-deflate (RFC 7692) was negotiated: RSV1 marks a compressed message, whose
+        # UTF-8 is checked after inflating, one layer up.
+        self._allow_compressed = bool(allow_compressed)
+        self._compressed = False  # the current frame starts a compressed message
+        self._msg_compressed = False
         self._buf = bytearray()
         self._error: ProtocolError | None = None
         # The frame being received, once its header has been parsed.
@@ -270,10 +276,16 @@ class FrameParser:
         masked = bool(second & FRAME_MASKED)
         length = second & FRAME_LENGTH_BITS
 
-        # Section 5.2: RSV1-3 must be 0 unless an extension defining them was
-        # negotiated, and ws4redis negotiates none.
+        # Section 5.2: RSV1-3 must be 0 unless an extension defining them was negotiated;
+        # permessage-deflate defines RSV1, on the first frame of a data message only
+        # (RFC 7692, section 6).
+        compressed = False
         if first & FRAME_RSV_BITS:
-            raise ProtocolError("reserved bits set but no extension was negotiated")
+            if not self._allow_compressed or first & (FRAME_RSV2 | FRAME_RSV3):
+                raise ProtocolError("reserved bits set but no extension was negotiated")
+            if opcode not in (constants.OP_TEXT, constants.OP_BINARY):
+                raise ProtocolError("RSV1 set on a frame that does not start a data message")
+            compressed = True
         # Section 5.2: opcodes 0x3-0x7 and 0xB-0xF are reserved.
         if opcode not in KNOWN_OPCODES:
             raise ProtocolError(f"reserved opcode {opcode:#x}")
@@ -322,11 +334,11 @@ class FrameParser:
             if opcode == constants.OP_CONTINUATION:
                 total = self._msg_size + length
                 fragments = self._msg_fragments + 1
-                text = self._msg_opcode == constants.OP_TEXT
+                text = self._msg_opcode == constants.OP_TEXT and not self._msg_compressed
             else:
                 total = length
                 fragments = 1
-                text = opcode == constants.OP_TEXT
+                text = opcode == constants.OP_TEXT and not compressed
             # Section 10.4: bound frames and messages. Refuse now, before any
             # of the payload is buffered.
             if total > self._max_size:
@@ -343,9 +355,11 @@ class FrameParser:
                 self._msg_opcode = 0
                 self._msg_size = 0
                 self._msg_fragments = 0
+                self._msg_compressed = False
             else:
                 if opcode != constants.OP_CONTINUATION:
                     self._msg_opcode = opcode
+                    self._msg_compressed = compressed
                 self._msg_size = total
                 self._msg_fragments = fragments
 
@@ -355,6 +369,7 @@ class FrameParser:
         self._key = bytes(buf[pos + size - MASK_KEY_LENGTH : pos + size]) if masked else None
         self._done = 0
         self._text = text
+        self._compressed = compressed
         self._in_payload = True
         return size
 
@@ -412,7 +427,7 @@ class FrameParser:
             raise InvalidPayloadError("text message ends in the middle of a UTF-8 sequence")
         if opcode == constants.OP_CLOSE:
             self._check_close_payload(payload)
-        return Frame(opcode, payload, self._fin)
+        return Frame(opcode, payload, self._fin, self._compressed)
 
     def _check_close_payload(self, payload: bytes) -> None:
         """Section 5.5.1: an optional 2-byte status code, then an optional UTF-8 reason."""

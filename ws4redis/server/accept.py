@@ -27,6 +27,7 @@ import redis
 from django.core.exceptions import PermissionDenied
 
 from ws4redis import constants
+from ws4redis.deflate import CompressionSettings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, error_response, status_line, upgrade_response
 from ws4redis.metrics import METRICS
@@ -130,6 +131,7 @@ def accept(
     stopping: Callable[[], bool] = _never,
     guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
     read_persisted: bool = False,
+    compression: CompressionSettings | None = None,
 ) -> Accepted | Rejected:
     """Decide on the upgrade request ``environ`` (the steps of the module docstring).
 
@@ -137,7 +139,8 @@ def accept(
     ``broker_unreachable`` and ``stopping`` are asked before any work (and
     ``stopping`` again at the end); ``guard`` is held around the steps that
     may touch the database (``ws4redis.database_guard``); with
-    ``read_persisted`` the persisted messages come with the answer. Never
+    ``read_persisted`` the persisted messages come with the answer; with
+    ``compression`` (WS4REDIS_COMPRESSION) permessage-deflate is negotiated. Never
     raises for what a client, Redis or a project hook does.
     """
     if stopping():
@@ -148,7 +151,8 @@ def accept(
     peer = environ.get("REMOTE_ADDR", "?")
     subscriber = None
     try:
-        handshake = check_handshake(environ)
+        handshake = check_handshake(environ).with_compression(
+            environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"), compression)
         with guard(), setup_failures(environ):
             negotiation = negotiate(environ, handshake, subscriber_class)
             subscriber = subscriber_class(client)

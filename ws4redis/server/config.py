@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ws4redis import constants
 from ws4redis import settings as private_settings
+from ws4redis.deflate import CompressionSettings
 from ws4redis.redis_store import get_prefix
 
 __all__ = ["ServerConfig"]
@@ -21,7 +22,7 @@ class ServerConfig:
     __slots__ = (
         "websocket_url", "websocket_only", "heartbeat", "ping_interval", "ping_timeout", "queue_bytes",
         "queue_messages", "max_message_size", "max_fragments", "handshake_timeout", "shutdown_timeout",
-        "tick", "subscriber_class", "key_prefix", "monitoring",
+        "tick", "subscriber_class", "key_prefix", "monitoring", "compression",
     )
 
     def __init__(self, websocket_only: bool = False) -> None:
@@ -48,3 +49,4 @@ class ServerConfig:
         self.key_prefix: bytes = get_prefix().encode()
         # path -> what it answers ("metrics", "healthz", "readyz"), from WS4REDIS_MONITORING
         self.monitoring: dict[str, str] = private_settings.monitoring_paths()
+        self.compression: CompressionSettings | None = private_settings.compression()  # WS4REDIS_COMPRESSION

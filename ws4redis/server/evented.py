@@ -38,8 +38,9 @@ import redis
 from gevent.event import Event
 
 from ws4redis import constants
+from ws4redis.deflate import DeflateParams, Deflation
 from ws4redis.metrics import METRICS, audience_of
-from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol, frame_payload
+from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol, frame_for
 from ws4redis.redis_errors import UNAVAILABLE
 from ws4redis.redis_store import PublishPlan, RedisMessage, pooled_connection
 from ws4redis.server import journal
@@ -176,15 +177,19 @@ class WebSocketConnection:
         "peer", "_phase", "_queue", "_queued_bytes", "_offset", "_reader", "_watcher", "_blocked",
         "_persisted", "_unpublished", "_in_flight", "_plan", "keepalive", "_closing_since", "_draining_since",
         "_backlogged_since", "_lingering", "refused", "server", "path", "_opened_at", "messages_in",
-        "frames_out", "bytes_out",
+        "frames_out", "bytes_out", "deflation",
     )
 
     def __init__(self, fd: int, subscriber: Any, host: ConnectionHost, peer: str, echo: bool,
-                 server: str = "", path: str = "") -> None:
+                 server: str = "", path: str = "", deflate: DeflateParams | None = None) -> None:
         config = host.config
         self._fd = fd
+        # permessage-deflate, when negotiated: the hub groups this connection with the others that
+        # share its compressor and hands them one compressed frame.
+        self.deflation = None if deflate is None or config.compression is None else \
+            Deflation(deflate, config.compression, config.max_message_size)
         self.protocol = WebSocketProtocol(max_message_size=config.max_message_size,
-                                          max_fragments=config.max_fragments)
+                                          max_fragments=config.max_fragments, deflation=self.deflation)
         self.subscriber = subscriber
         self.channels, self.patterns = subscriber.subscription_targets()
         self.echo_filter = EchoFilter.unless_echo(echo, subscriber.publishers, subscriber.subscribed_channels)
@@ -250,7 +255,7 @@ class WebSocketConnection:
 
     def send(self, message: str | bytes) -> None:
         """Send one message (0.6.0's ``websocket.send``; custom subscribers call it for persisted ones)."""
-        frame = frame_payload(message.encode() if isinstance(message, str) else message)
+        frame = frame_for(message.encode() if isinstance(message, str) else message, self.deflation)
         if self._persisted is not None:
             self._persisted.append(frame)
         elif self._phase <= LIVE and self.protocol.state is _OPEN:
@@ -822,7 +827,7 @@ def prepare_connection(
     """
     try:
         connection = WebSocketConnection(fd, accepted.subscriber, host, peer, accepted.echo,
-                                         connections.server, accepted.path)
+                                         connections.server, accepted.path, accepted.handshake.deflate)
     except Exception:
         logger.exception("ws4redis: websocket setup of %s failed", peer)
         accepted.subscriber.release()

@@ -31,7 +31,7 @@ import redis
 
 from ws4redis import constants
 from ws4redis.exceptions import ConnectionClosed
-from ws4redis.protocol import WebSocketProtocol, frame_payload
+from ws4redis.protocol import WebSocketProtocol, frame_for
 from ws4redis.redis_store import RedisMessage, reply_payload
 from ws4redis.server import journal
 from ws4redis.server.config import ServerConfig
@@ -78,7 +78,7 @@ def relay(websocket: BlockingWebSocket, subscriber: Any, echo: bool, persisted: 
     loop = _Relay(websocket, subscriber, echo, config)
     try:
         for message in persisted:
-            loop.send(frame_payload(message))
+            loop.send(loop.frame(message))
         loop.run(wait)
     except ConnectionClosed as exc:
         logger.debug("ws4redis: websocket gone: %s", exc)
@@ -108,6 +108,10 @@ class _Relay:
         self.messages_in = 0
         self.frames_out = 0  # data frames: the websocket writes its control frames itself
         self.bytes_out = 0
+
+    def frame(self, payload: bytes) -> bytes:
+        """The frame of ``payload`` for this websocket (deflated when it negotiated permessage-deflate)."""
+        return frame_for(payload, self.websocket.protocol.deflation)
 
     def send(self, frame: bytes) -> None:
         self.websocket.send_frame(frame)
@@ -141,7 +145,7 @@ class _Relay:
                 return
             # Idle: keep the client, and any proxy on the way, from giving up on the connection.
             if due & Due.HEARTBEAT:
-                self.send(frame_payload(self.heartbeat))
+                self.send(self.frame(self.heartbeat))
             if due & Due.PING:
                 websocket.ping()
 
@@ -153,7 +157,7 @@ class _Relay:
             action = inbound(data, self.heartbeat)
             if action is Inbound.ANSWER_HEARTBEAT:
                 if not websocket.closed:
-                    self.send(frame_payload(data))
+                    self.send(self.frame(data))
             elif action is Inbound.PUBLISH:
                 self.messages_in += 1
                 try:
@@ -177,7 +181,7 @@ class _Relay:
                 continue  # subscribe confirmations, heartbeats, empty messages
             if echo_filter is not None and echo_filter.is_echo(_text(reply[-2]), payload):
                 continue
-            self.send(frame_payload(payload))
+            self.send(self.frame(payload))
 
 
 def _payload(reply: Any) -> bytes | None:
