@@ -50,6 +50,8 @@ def record(benchmark, report: dict) -> None:
         "p50_ms": latency.get("p50"),
         "p99_ms": latency.get("p99"),
     }
+    if report.get("wire_bytes_per_delivery") is not None:
+        info["wire_bytes_per_delivery"] = round(report["wire_bytes_per_delivery"], 1)
     if "server" in report:
         info["server_cpu_us_per_message"] = report["server"]["cpu_per_delivered_message_us"]
         info["server_rss_bytes_per_connection"] = report["server"]["rss_per_connection_bytes"]
@@ -137,3 +139,26 @@ def test_metrics_cost(benchmark, redis_url, monitoring):
             assert scrapes, "the scraper never got an answer"
             counted = re.search(r"^ws4redis_deliveries_total (\S+)$", scrape(), re.MULTILINE)
             assert counted and float(counted.group(1)) >= subscribers * messages, counted
+
+
+@pytest.mark.parametrize("compression", [False, True], ids=["deflate-off", "deflate-on"])
+def test_compression_cost(benchmark, redis_url, compression):
+    """1 KiB JSON-like messages fanned out with permessage-deflate negotiated by every client, or not.
+
+    The server has WS4REDIS_COMPRESSION on in both runs; only the clients' offer differs, so the
+    two runs differ by the compression alone. Compare ``server_cpu_us_per_message`` (target:
+    on <= 1.5 x off) and ``wire_bytes_per_delivery`` (target: on <= 0.4 x off) of one run.
+    """
+    subscribers, messages = FAN_OUT
+    with running("gevent", redis_url, {"WS4REDIS_COMPRESSION": "True"}) as server:
+        options = Options(
+            url=server.url("/ws/e2e-deflate?subscribe-broadcast"), clients=subscribers,
+            messages=messages, size=1024, payload="json", compression=compression,
+            redis_url=redis_url, server_pid=server.process.pid, timeout=15.0,
+        )
+        report = benchmark.pedantic(run_bench, args=(options,), rounds=1, iterations=1)
+    record(benchmark, report)
+    assert report["errors"] == 0 and report["lost"] == 0, report
+    assert report["compression"]["negotiated_clients"] == (subscribers if compression else 0)
+    if compression:
+        assert report["wire_bytes_per_delivery"] < 0.5 * (1024 + 4), "compressed frames are smaller"

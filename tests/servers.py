@@ -370,6 +370,14 @@ def raw_upgrade(server: ServerProcess, path: str, timeout: float = 20.0, receive
 
     ``receive_buffer`` sets SO_RCVBUF before connecting, for clients meant to fall behind.
     """
+    sock, _, rest = raw_upgrade_head(server, path, timeout, receive_buffer)
+    return sock, rest
+
+
+def raw_upgrade_head(server: ServerProcess, path: str, timeout: float = 20.0,
+                     receive_buffer: int | None = None,
+                     headers: dict[str, str] | None = None) -> tuple[socket.socket, bytes, bytes]:
+    """:func:`raw_upgrade` with extra request ``headers``; returns the socket, the 101 head and the rest."""
     sock = socket.socket()
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
@@ -378,7 +386,8 @@ def raw_upgrade(server: ServerProcess, path: str, timeout: float = 20.0, receive
     key = base64.b64encode(os.urandom(constants.WEBSOCKET_KEY_BYTES)).decode()
     request = (
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items()) + "\r\n"
     )
     sock.sendall(request.encode())
     data = b""
@@ -390,7 +399,7 @@ def raw_upgrade(server: ServerProcess, path: str, timeout: float = 20.0, receive
     head, _, rest = data.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 101"):
         raise AssertionError(f"the handshake was refused: {head!r}")
-    return sock, rest
+    return sock, head, rest
 
 
 def read_until_closed(sock: socket.socket, initial: bytes = b"") -> list:

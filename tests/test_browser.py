@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from contextlib import contextmanager
 from http import HTTPStatus
 from pathlib import Path
 
@@ -56,8 +57,9 @@ def load_example_runner():
     return module
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextmanager
+def browser_driver():
+    """Headless Chromium through chromedriver, with a profile of its own; fails when either is missing."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
         pytest.fail(
@@ -80,6 +82,12 @@ def browser():
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with browser_driver() as driver:
+        yield driver
 
 
 def wait_until(driver, condition, message: str):

@@ -348,6 +348,8 @@ def test_a_hub_on_a_cluster_refuses_patterns_before_registering_anything(on_clus
     from ws4redis.hub import Hub
 
     class Listener:
+        deflation = None
+
         def deliver(self, frame, payload, channel):
             return False
 

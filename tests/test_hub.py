@@ -59,6 +59,8 @@ admin = redis.Redis.from_url(os.environ["WS4REDIS_TEST_REDIS_URL"])
 class Collector:
     """A listener that keeps every frame and counts flushes."""
 
+    deflation = None
+
     def __init__(self):
         self.frames = []
         self.payloads = []

@@ -61,9 +61,11 @@ def sample_stream(encode_frame) -> bytes:
     require_mask=st.booleans(),
     max_message_size=st.sampled_from([1, 125, 65536, 1 << 62]),
     cuts=st.lists(st.integers(0, 400), max_size=5),
+    allow_compressed=st.booleans(),
 )
-def test_parser_survives_random_bytes(compiled, data, require_mask, max_message_size, cuts):
-    parser = compiled.frames.FrameParser(require_mask=require_mask, max_message_size=max_message_size)
+def test_parser_survives_random_bytes(compiled, data, require_mask, max_message_size, cuts, allow_compressed):
+    parser = compiled.frames.FrameParser(require_mask=require_mask, max_message_size=max_message_size,
+                                         allow_compressed=allow_compressed)
     edges = [0, *sorted(cut for cut in cuts if cut <= len(data)), len(data)]
     received = 0
     for start, end in zip(edges, edges[1:], strict=False):
@@ -350,14 +352,15 @@ for round_ in range(rounds):
     validator.validate(data[cut:])
     stream = b"".join(
         frames.encode_frame(rng.choice([0, 1, 2, 8, 9, 10, 3]), data[: rng.randint(0, len(data))],
-                            fin=rng.random() < 0.8, mask_key=KEY)
+                            fin=rng.random() < 0.8, mask_key=KEY, rsv1=rng.random() < 0.2)
         for _ in range(3)
     )
     if rng.random() < 0.5 and stream:
         stream = bytearray(stream)
         stream[rng.randrange(len(stream))] ^= 1 << rng.randrange(8)
         stream = bytes(stream)
-    parser = frames.FrameParser(max_message_size=rng.choice([100, 1 << 20]))
+    parser = frames.FrameParser(max_message_size=rng.choice([100, 1 << 20]),
+                                allow_compressed=rng.random() < 0.5)
     position = 0
     try:
         while position < len(stream):

@@ -259,6 +259,8 @@ def frame_specs(draw, valid: bool):
         payload = draw(payloads)
     fin = True if valid else draw(st.booleans())
     rsv = (False, False, False)
+    if valid and opcode in (TEXT, BINARY) and draw(one_in(4)):
+        rsv = (True, False, False)  # permessage-deflate: accepted only with allow_compressed
     if not valid and draw(one_in(8)):
         rsv = draw(st.tuples(st.booleans(), st.booleans(), st.booleans()))
     return opcode, payload, fin, rsv
@@ -273,10 +275,12 @@ def fragmented_messages(draw):
     else:
         whole = draw(st.binary(max_size=200))
     parts = chunks_of(whole, split_points(draw, len(whole)))
+    compressed = draw(one_in(4))  # RSV1 on the first fragment: no UTF-8 check on deflated text
     specs = []
     for index, part in enumerate(parts):
         last = index == len(parts) - 1
-        specs.append((opcode if index == 0 else CONT, part, last, (False, False, False)))
+        rsv = (compressed and index == 0, False, False)
+        specs.append((opcode if index == 0 else CONT, part, last, rsv))
         if not last and draw(st.booleans()):
             specs.append((PING, draw(st.binary(max_size=10)), True, (False, False, False)))
     return specs
@@ -322,6 +326,8 @@ def streams(draw):
         options["max_message_size"] = draw(st.sampled_from([1, 16, 125, 126, 200, 65536]))
     if draw(one_in(4)):
         options["max_fragments"] = draw(st.integers(1, 4))
+    if draw(st.booleans()):
+        options["allow_compressed"] = True
     return data, options
 
 

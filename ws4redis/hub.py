@@ -54,6 +54,7 @@ from redis.retry import Retry
 from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.connection import build_pool, get_connection_pool
+from ws4redis.deflate import Deflation
 from ws4redis.gevent_redis import GeventConnection, cooperative_pool, sockets_block
 from ws4redis.metrics import METRICS
 from ws4redis.protocol import frame_compressed, frame_payload
@@ -73,16 +74,19 @@ logger = logging.getLogger(__name__)
 
 
 class Listener(Protocol):
-    """What the hub needs from a websocket: a non-blocking queue for frames."""
+    """What the hub needs from a websocket: a non-blocking queue for frames.
+
+    ``deflation`` is the socket's permessage-deflate (None when it negotiated none): the hub
+    compresses a published message once for all the sockets that share a compressor.
+    """
+
+    deflation: Deflation | None
 
     def deliver(self, frame: bytes, payload: bytes, channel: str) -> bool:
         """Queue ``frame`` (``payload`` framed, from ``channel``); True when a :meth:`flush` is needed."""
 
     def flush(self) -> None:
         """Write what was queued, without blocking."""
-
-    # Optional: ``deflation`` (ws4redis.deflate.Deflation) when the socket negotiated
-    # permessage-deflate; the hub then hands it the frame compressed once for all such sockets.
 
 
 class Router(Protocol):
@@ -372,9 +376,9 @@ def _cluster_client(config: Mapping[str, Any]) -> RedisCluster:
 def _by_compression(members: Iterable[Listener]) -> tuple[tuple[Any, tuple[Listener, ...]], ...]:
     """The listeners of a channel grouped by the compressor their frames need (None: uncompressed)."""
     groups: dict[Any, list[Listener]] = {}
-    deflations: dict[Any, Any] = {None: None}
+    deflations: dict[Any, Deflation | None] = {None: None}
     for listener in members:
-        deflation = getattr(listener, "deflation", None)
+        deflation = listener.deflation
         key = None if deflation is None else (deflation.compressor, deflation.threshold)
         deflations.setdefault(key, deflation)
         groups.setdefault(key, []).append(listener)

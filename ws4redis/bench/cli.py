@@ -11,7 +11,7 @@ import resource
 import sys
 from collections.abc import Callable
 
-from ws4redis.bench.client import HEADER_SIZE
+from ws4redis.bench.client import HEADER_SIZE, PAYLOADS
 from ws4redis.bench.procstat import ProcessGone
 from ws4redis.bench.runner import Options, Progress, Run, check_options
 
@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish mode: wrap each published message, {message} marks where it goes "
         '(e.g. \'{"type": "bench.message", "text": "{message}"}\' for Django Channels)',
     )
+    parser.add_argument(
+        "--compression", action="store_true",
+        help="offer permessage-deflate as browsers do (the report then counts the clients that got it)",
+    )
+    parser.add_argument(
+        "--payload", choices=PAYLOADS, default="dots",
+        help="what fills each message after its header: dots (default) or JSON-like rows, which "
+        "compress as real traffic does",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
@@ -166,6 +175,8 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         server_pid=args.server_pid,
         headers=tuple(args.headers),
         envelope=args.envelope,
+        compression=args.compression,
+        payload=args.payload,
     )
     try:
         check_options(options)
@@ -226,6 +237,12 @@ def format_report(report: dict) -> str:
         f"in {r['seconds']:.2f} s ({r['delivered_per_second']:,.0f} msg/s)",
         f"  lost      {r['lost']:,}   duplicates {r['duplicates']:,}   foreign {r['foreign']:,}",
     ]
+    wire = r.get("wire_bytes_per_delivery")
+    if wire is not None:
+        compression = r["compression"]
+        negotiated = (f", permessage-deflate on {compression['negotiated_clients']:,} clients"
+                      if compression["offered"] else "")
+        lines.append(f"  wire      {wire:,.1f} bytes read per delivered message{negotiated}")
     if lat:
         lines.append(
             "  latency   " + "  ".join(f"{name} {lat[name]:.2f} ms" for name in ("p50", "p90", "p99", "max"))

@@ -28,6 +28,7 @@ import asyncio
 import base64
 import os
 import random
+import zlib
 from time import monotonic_ns
 from urllib.parse import urlsplit
 
@@ -45,11 +46,46 @@ SEQ_FIELD = slice(20, 28)
 SENT_FIELD = slice(28, 44)
 HEADER_SIZE = 44
 PUBLISHER_SOURCE = 0
+# What browsers offer (RFC 7692); ws4redis answers with server_no_context_takeover.
+DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692, section 7.2.2: put back before inflating
+PAYLOADS = ("dots", "json")
+_WORDS = ("hello", "world", "message", "update", "price", "ticket", "order", "status", "ready",
+          "shipped", "user", "channel", "group", "online", "away", "typing", "seen", "sent")
 
 
 def tag(kind: bytes, run: int, source: int) -> bytes:
     """The first header fields, identifying the sender of a message."""
     return b"%s%08x%08x" % (kind, run, source)
+
+
+def padding(size: int, kind: str = "dots") -> bytes:
+    """The bytes after the header that make a message ``size`` bytes long.
+
+    ``dots`` compresses to almost nothing; ``json`` looks like the rows of a
+    chat or a dashboard list (the same keys, growing ids and timestamps, words
+    from a small vocabulary), which deflate shrinks to about a third.
+    """
+    length = size - HEADER_SIZE
+    if kind == "dots":
+        return b"." * length
+    if kind != "json":
+        raise ValueError(f"payload must be one of {PAYLOADS}, got {kind!r}")
+    words = random.Random(length)
+    rows = []
+    total = 0
+    row_id, at = 480_000, 1_765_000_000
+    while total < length:
+        row_id += words.randrange(1, 20)
+        at += words.randrange(0, 90)
+        row = (
+            f'{{"id":{row_id},"user":"{words.choice(_WORDS)}{words.randrange(100)}",'
+            f'"text":"{" ".join(words.choice(_WORDS) for _ in range(words.randrange(2, 8)))}",'
+            f'"at":{at}}},'
+        )
+        rows.append(row)
+        total += len(row)
+    return "".join(rows).encode("ascii")[:length]
 
 
 def message(sender: bytes, seq: int, padding: bytes) -> bytes:
@@ -64,7 +100,7 @@ class HandshakeFailed(Exception):
 class Target:
     """Where the clients connect: host, port and the upgrade request for client ``i``."""
 
-    def __init__(self, url: str, headers: list[str] | None = None) -> None:
+    def __init__(self, url: str, headers: list[str] | None = None, compression: bool = False) -> None:
         parts = urlsplit(url)
         if parts.scheme != "ws":
             raise ValueError(f"URL must start with ws:// (TLS is not supported), got {url!r}")
@@ -75,6 +111,9 @@ class Target:
         self.port = parts.port or 80
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.headers = "".join(f"{line.strip()}\r\n" for line in headers or ())
+        if compression:
+            self.headers += f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n"
+        self.compression = compression
 
     def request(self, index: int, key: str) -> bytes:
         """The HTTP upgrade request; ``{i}`` in the URL path becomes the client index."""
@@ -115,7 +154,13 @@ class BenchClient(asyncio.Protocol):
         self.waiting_seq = -1
         self._head = bytearray()
         self._fragments: list[bytes] = []
-        self._parser = FrameParser(require_mask=False, validate_utf8=False)
+        self._parser = FrameParser(
+            require_mask=False, validate_utf8=False, allow_compressed=target.compression
+        )
+        # One inflater for the connection's life: it reads messages compressed with or without
+        # the server's context, and allocates nothing per message.
+        self._inflater = zlib.decompressobj(-15) if target.compression else None
+        self._inflating = False  # the fragmented message in progress is compressed
         loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future = loop.create_future()
         self.finished: asyncio.Future = loop.create_future()
@@ -134,6 +179,8 @@ class BenchClient(asyncio.Protocol):
             data = self._read_head(data)
             if not data:
                 return
+        stats = self.stats
+        stats.wire_bytes += len(data)
         error = None
         held = self._parser.buffered
         try:
@@ -142,18 +189,26 @@ class BenchClient(asyncio.Protocol):
             error = exc
             frames = exc.frames  # the frames completed before the faulty one still count
         now = monotonic_ns()
-        stats = self.stats
         delivered = 0
         for frame in frames:
             opcode = frame.opcode
             if opcode < constants.OP_CLOSE:  # text, binary or continuation: the parser refuses 3-7
                 payload = frame.payload
+                if frame.rsv1:
+                    self._inflating = True
                 if not frame.fin or self._fragments:
                     self._fragments.append(payload)
                     if not frame.fin:
                         continue
                     payload = b"".join(self._fragments)
                     self._fragments.clear()
+                if self._inflating:
+                    self._inflating = False
+                    try:
+                        payload = self._inflater.decompress(payload + _DEFLATE_TAIL)
+                    except zlib.error as exc:
+                        self._fail(f"compressed message does not inflate: {exc}")
+                        return
                 if payload[:TAG_SIZE] != self.sender:
                     if payload[:RUN_PREFIX_SIZE] == self.warmup:
                         self.warmed = True
@@ -259,15 +314,24 @@ class BenchClient(asyncio.Protocol):
             self._refuse(f"HTTP {b' '.join(status[1:]).decode('latin-1')}" + (f": {body}" if body else ""))
             return b""
         accept = None
+        extensions = b""
         for line in lines[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"sec-websocket-accept":
+            name = name.strip().lower()
+            if name == b"sec-websocket-accept":
                 accept = value.strip()
+            elif name == b"sec-websocket-extensions":
+                extensions = value.strip()
         if accept != self._accept:
             self._refuse("wrong or missing Sec-WebSocket-Accept")
             return b""
+        if extensions and not (self._inflater is not None and extensions.startswith(b"permessage-deflate")):
+            self._refuse(f"the server answered with an extension that was not offered: {extensions!r}")
+            return b""
         self.open = True
         self.stats.open_clients += 1
+        if extensions:
+            self.stats.compressed_clients += 1
         self.handshake.set_result(None)
         return rest
 

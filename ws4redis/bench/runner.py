@@ -16,7 +16,6 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ws4redis.bench.client import (
-    HEADER_SIZE,
     KIND_DATA,
     KIND_WARMUP,
     PUBLISHER_SOURCE,
@@ -24,6 +23,7 @@ from ws4redis.bench.client import (
     HandshakeFailed,
     Target,
     message,
+    padding,
     tag,
 )
 from ws4redis.bench.procstat import ProcessGone, ProcessTree
@@ -60,6 +60,9 @@ class Options:
     server_pid: int | None = None
     headers: tuple[str, ...] = ()
     envelope: str | None = None
+    # Offer permessage-deflate as browsers do and inflate what comes compressed.
+    compression: bool = False
+    payload: str = "dots"  # what fills each message after its header: "dots" or "json"
 
     def effective_window(self) -> int:
         """Messages the publisher may have in flight; 0 means unlimited.
@@ -107,6 +110,7 @@ def check_options(options: Options) -> None:
     """Raise ValueError (or ProcessGone) for options that cannot work, before any connection is made."""
     Target(options.url)
     split_envelope(options.envelope)
+    padding(options.size, options.payload)
     if options.server_pid:
         ProcessTree(options.server_pid)
 
@@ -127,7 +131,8 @@ class Run:
         self.options = options
         self.stats = Stats()
         self.progress = progress or Progress()
-        self.target = Target(options.url, list(options.headers))
+        self.target = Target(options.url, list(options.headers), compression=options.compression)
+        self.padding = padding(options.size, options.payload)
         self.clients: list[BenchClient] = []
         self.server = ProcessTree(options.server_pid) if options.server_pid else None
         self.envelope = split_envelope(options.envelope)
@@ -148,6 +153,7 @@ class Run:
                 await self._warm_up(redis)
             rss_after = self.server.rss_bytes() if self.server else 0
             cpu_before = self.server.cpu_seconds() if self.server else 0.0
+            wire_before = stats.wire_bytes
             started_ns = monotonic_ns()
             client_cpu = process_time()
             if opts.mode == "publish":
@@ -159,6 +165,7 @@ class Run:
             elapsed = ((stats.last_delivery_ns if stats.delivered else monotonic_ns()) - started_ns) / 1e9
             cpu_after = self.server.cpu_seconds() if self.server else 0.0
             client_cpu = process_time() - client_cpu
+            wire_bytes = stats.wire_bytes - wire_before
         except ProcessGone as exc:
             stats.error(str(exc))
             self.server = None
@@ -169,6 +176,9 @@ class Run:
             await self._close()
         summary = self._summary(published=published, elapsed=elapsed)
         summary["client"] = {"cpu_seconds": client_cpu}
+        # Bytes read by the clients over the publish/echo phase: what compression is about.
+        summary["wire_bytes"] = wire_bytes
+        summary["wire_bytes_per_delivery"] = wire_bytes / stats.delivered if stats.delivered else None
         if self.server:
             connected = len(self.clients)
             summary["server"] = {
@@ -235,7 +245,7 @@ class Run:
         """
         opts = self.options
         channel = self.channel
-        padding = b"." * (opts.size - HEADER_SIZE)
+        padding = self.padding
         self.progress.phase, self.progress.total = "warm-up", len(self.clients)
         deadline = monotonic() + opts.timeout
         sender = tag(KIND_WARMUP, self.run_id, PUBLISHER_SOURCE)
@@ -271,7 +281,7 @@ class Run:
         opts = self.options
         stats = self.stats
         channel = self.channel
-        padding = b"." * (opts.size - HEADER_SIZE)
+        padding = self.padding
         before, after = self.envelope
         sender = tag(KIND_DATA, self.run_id, PUBLISHER_SOURCE)
         window = opts.effective_window()
@@ -319,7 +329,7 @@ class Run:
 
     async def _echo(self) -> int:
         opts = self.options
-        padding = b"." * (opts.size - HEADER_SIZE)
+        padding = self.padding
         interval = len(self.clients) / opts.rate if opts.rate else 0.0
         self.progress.phase, self.progress.total = "echo", len(self.clients) * opts.messages
         deadline = monotonic() + opts.duration
@@ -407,6 +417,8 @@ class Run:
             "messages": opts.messages,
             "published": published,
             "size": opts.size,
+            "payload": opts.payload,
+            "compression": {"offered": opts.compression, "negotiated_clients": stats.compressed_clients},
             "rate": opts.rate,
             "window": opts.effective_window() if opts.mode == "publish" else None,
             "expected": expected,

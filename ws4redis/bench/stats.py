@@ -24,6 +24,8 @@ class Stats:
         self.foreign = 0  # messages that were not sent by this benchmark
         self.open_clients = 0  # websockets open right now
         self.last_delivery_ns = 0
+        self.wire_bytes = 0  # what the clients read after their handshakes, frame headers included
+        self.compressed_clients = 0  # clients whose handshake negotiated permessage-deflate
         self.errors: Counter[str] = Counter()
         # The publisher sleeps until `delivered` reaches `wake_at`.
         self.wake_at = 0
