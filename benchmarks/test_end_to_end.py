@@ -162,3 +162,21 @@ def test_compression_cost(benchmark, redis_url, compression):
     assert report["compression"]["negotiated_clients"] == (subscribers if compression else 0)
     if compression:
         assert report["wire_bytes_per_delivery"] < 0.5 * (1024 + 4), "compressed frames are smaller"
+
+
+@pytest.mark.parametrize("history", [False, True], ids=["history-off", "history-on"])
+def test_history_cost(benchmark, redis_url, history):
+    """The fan-out of ``test_fan_out`` with WS4REDIS_HISTORY on (every publish appends to the
+    channel's stream in one script, clients get history envelopes with offsets), or off.
+    Compare the two ``server_cpu_us_per_message`` figures of one run (target: on <= 1.2 x off).
+    """
+    subscribers, messages = FAN_OUT
+    overrides = {"WS4REDIS_HISTORY": "{'size': 1000, 'ttl': 300}"} if history else None
+    with running("gevent", redis_url, overrides) as server:
+        options = Options(
+            url=server.url("/ws/e2e-history?subscribe-broadcast"), clients=subscribers, messages=messages,
+            size=MESSAGE_SIZE, redis_url=redis_url, server_pid=server.process.pid, timeout=15.0,
+            history=history,
+        )
+        measure_complete_run(benchmark, options, expected=subscribers * messages)
+    benchmark.extra_info["history"] = history

@@ -178,7 +178,9 @@ class RedisClusterSet:
     def restore(self, port: int) -> None:
         """Bring a killed node back; it rejoins as a replica of the master that replaced it."""
         self.node(port).start()
-        self.wait_until(self.healthy, "the cluster to be ok with the node back")
+        # A node back from the dead first claims its old slots until gossip corrects it: seconds
+        # when idle, far longer on two busy cores, so the margin is wide (as for the failover).
+        self.wait_until(self.healthy, "the cluster to be ok with the node back", limit=90)
 
     @staticmethod
     def wait_until(predicate, what: str, limit: float = 30.0) -> None:

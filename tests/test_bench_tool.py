@@ -342,3 +342,24 @@ def test_compression_is_offered_and_its_bytes_on_the_wire_are_counted(redis_serv
 
 def test_an_unknown_payload_is_refused_naming_the_option():
     assert "--payload" in bench_usage_error("ws://127.0.0.1:1/ws/x", "--mode", "echo", "--payload", "xml")
+
+
+def test_history_runs_publish_through_the_script_and_read_envelopes(redis_server):
+    """``--history``: every message lands in the facility's stream and reaches the clients in
+    history envelopes; nothing is lost or counted twice."""
+    import redis
+
+    settings = {"WS4REDIS_HISTORY": "{'size': 1000, 'ttl': 60}"}
+    with serving_gevent(redis_server.url, settings=settings) as server:
+        report, _ = bench(
+            server.url("/ws/bench-history?subscribe-broadcast"), "--redis", redis_server.url,
+            "-n", "10", "-m", "100", "--history",
+        )
+    assert report["history"] is True
+    assert report["delivered"] == report["expected"] == 1000 and report["lost"] == 0, report
+    assert report["duplicates"] == 0 and report["errors"] == 0
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert client.xlen("{broadcast:bench-history}:history") >= 100
+    finally:
+        client.close()

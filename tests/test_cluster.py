@@ -349,8 +349,9 @@ def test_a_hub_on_a_cluster_refuses_patterns_before_registering_anything(on_clus
 
     class Listener:
         deflation = None
+        envelope = False
 
-        def deliver(self, frame, payload, channel):
+        def deliver(self, frame, payload, channel, offset):
             return False
 
         def flush(self):
@@ -390,3 +391,42 @@ def test_the_bench_tool_measures_fan_out_on_a_cluster(cluster, redis_server):
             assert report["lost"] == report["duplicates"] == 0 and not report["errors"], report
     finally:
         site.cleanup()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_history_on_a_cluster_lives_beside_each_channel_and_recovers_what_was_missed(cluster, redis_server,
+                                                                                      kind):
+    """WS4REDIS_HISTORY on a cluster: each publish's script runs on the channel's master (the
+    stream shares the channel's slot), and a client cut off from facilities spread over the
+    masters gets exactly what it missed on each."""
+    from redis.crc import key_slot
+
+    from tests.test_recovery import come_back, texts
+    from ws4redis.history import stream_key
+
+    history = {"size": 500, "ttl": 60}
+    site = Site(redis_server.url, {"WS4REDIS_CONNECTION": repr(cluster.connection),
+                                   "WS4REDIS_HISTORY": repr(history)})
+    facilities = [f"h{index}-{uuid.uuid4().hex[:6]}" for index in range(6)]
+    close_connection_pools()
+    try:
+        with servers.serving(servers.STARTERS[kind](site)) as server, \
+                override_settings(WS4REDIS_CONNECTION=cluster.connection, WS4REDIS_HISTORY=history):
+            for facility in facilities:
+                away = [f"away {index}" for index in range(20)]
+                missed, recovery, back = come_back(server, facility, *away)
+                assert texts(missed) == [f"away {index}" for index in range(20)], facility
+                assert recovery["recovered"] is True
+                publish(facility, "live")
+                assert texts([back.event()]) == ["live"]
+                back.cut()
+    finally:
+        site.cleanup()
+        close_connection_pools()
+    masters = set()
+    for facility in facilities:
+        channel = broadcast_channel(facility).encode()
+        owner = cluster.owner_of_slot(key_slot(channel))
+        masters.add(owner)
+        assert cluster.client(owner).xlen(stream_key(channel)) == 22
+    assert len(masters) > 1, "the facilities spread over more than one master"

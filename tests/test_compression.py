@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -353,3 +354,31 @@ def test_chromium_negotiates_compression_and_exchanges_messages(running, kind):
         )
     assert result[0].startswith("permessage-deflate") and "server_no_context_takeover" in result[0], result
     assert result[1] is True, f"Chromium did not get its message back within {WAIT} s: {result}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_websockets_compressing_at_the_same_time_each_get_their_own_messages(running, kind):
+    """The development server runs a thread per websocket: a compressor shared between threads
+    would interleave two messages' deflate calls and send each client a mix of both."""
+    from websockets.sync.client import connect
+
+    server = server_of(running, kind)
+    failures = []
+
+    def talk(index: int) -> None:
+        url = server.url(f"/ws/own-{index}-{uuid.uuid4().hex[:6]}?subscribe-broadcast&publish-broadcast&echo")
+        with connect(url, compression="deflate", proxy=None, open_timeout=20, max_size=None) as client:
+            for round_ in range(8):
+                message = json.dumps([{"client": index, "round": round_, "row": row} for row in range(6000)])
+                client.send(message)
+                echoed = client.recv(timeout=20)
+                if echoed != message:
+                    failures.append((index, round_, len(echoed), len(message)))
+
+    threads = [threading.Thread(target=talk, args=(index,)) for index in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures
+    assert not server.tracebacks()

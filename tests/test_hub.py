@@ -60,6 +60,7 @@ class Collector:
     """A listener that keeps every frame and counts flushes."""
 
     deflation = None
+    envelope = False
 
     def __init__(self):
         self.frames = []
@@ -68,7 +69,7 @@ class Collector:
         self.flushes = 0
         self.pending = False
 
-    def deliver(self, frame, payload, channel):
+    def deliver(self, frame, payload, channel, offset):
         self.frames.append(frame)
         self.payloads.append(payload)
         self.channels.append(channel)

@@ -24,6 +24,7 @@ CORE_MODULES = {
     "ws4redis.deflate",
     "ws4redis.exceptions",
     "ws4redis.handshake",
+    "ws4redis.history",
     "ws4redis.protocol",
     "ws4redis.speedups",
     "ws4redis.pure",
@@ -34,7 +35,7 @@ CORE_MODULES = {
     "ws4redis._speedups_mask",
     "ws4redis._speedups_utf8",
 }
-CORE_NAMES = ("constants", "deflate", "exceptions", "handshake", "protocol", "speedups")
+CORE_NAMES = ("constants", "deflate", "exceptions", "handshake", "history", "protocol", "speedups")
 CORE_FILES = [
     *(ROOT / "ws4redis" / f"{name}.py" for name in CORE_NAMES),
     *sorted((ROOT / "ws4redis" / "pure").glob("*.py")),

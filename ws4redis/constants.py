@@ -74,6 +74,12 @@ DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # 1 MiB, as websockets, daphne and uWSGI
 DEFAULT_COMPRESSION_THRESHOLD = 128
 DEFAULT_COMPRESSION_LEVEL = 6
 DEFAULT_COMPRESSION_MEM_LEVEL = 8
+# History (WS4REDIS_HISTORY, ws4redis.history): messages kept per channel, seconds a quiet channel
+# keeps them; XADD trims with MAXLEN ~, which may keep up to a stream node (100 entries) more.
+DEFAULT_HISTORY_SIZE = 100
+DEFAULT_HISTORY_TTL = 300
+HISTORY_TRIM_MARGIN = 100
+HUB_REPLAY_LIMIT = 100_000  # entries a hub replays per channel after a reconnect to Redis, at most
 MASK_KEY_LENGTH = 4  # RFC 6455, section 5.3
 RECV_SIZE = 1 << 16  # bytes asked for per recv by the WebSocket adapter and the echo server
 
@@ -91,6 +97,10 @@ WEBSOCKET_KEY_BYTES = 16  # section 4.1: Sec-WebSocket-Key is a random 16-byte v
 # Query parameter of a websocket URL asking to receive one's own published messages back
 # (the channel parameters, such as 'subscribe-broadcast', are named by the subscriber class).
 ECHO_PARAMETER = "echo"
+# Query parameters asking for messages in history envelopes, and for those missed since offsets.
+HISTORY_PARAMETER = "history"
+SINCE_PARAMETER = "since"
+MAX_SINCE_LENGTH = 4096  # characters of the since parameter (one offset per channel)
 
 # Limits of a raw HTTP request head (servers that parse HTTP themselves):
 # beyond them the request is refused with 431 (or 414 for an endless request

@@ -224,15 +224,22 @@ class Inflater:
 
 
 class Deflation:
-    """permessage-deflate on one connection: its inflater, the shared compressor, the threshold."""
+    """permessage-deflate on one connection: its inflater, its compressor, the threshold.
+
+    The compressor is the process's, shared by every socket (``shared``), on the servers whose
+    sockets all live in one thread. A server with a thread per websocket (the development
+    server) gives each its own: zlib lets go of the GIL while it compresses, and two threads
+    interleaving their calls on one stream would each send a mix of both messages.
+    """
 
     __slots__ = ("params", "compressor", "inflater", "threshold", "header")
 
     def __init__(self, params: DeflateParams, settings: CompressionSettings, max_size: int,
-                 header: str = "") -> None:
+                 header: str = "", shared: bool = True) -> None:
         self.params = params
         self.header = header  # the Sec-WebSocket-Extensions value of the 101 response
-        self.compressor = compressor_for(params, settings)
+        self.compressor = compressor_for(params, settings) if shared else \
+            Compressor(params.server_window_bits, settings.level, settings.mem_level)
         self.inflater = Inflater(params, max_size)
         self.threshold = settings.threshold
 

@@ -164,7 +164,7 @@ class WebsocketRunServer(WebsocketWSGIServer):
         handler.headers_sent = True
         request_handler.close_connection = True
         deflation = None if handshake.deflate is None or self.config.compression is None else \
-            Deflation(handshake.deflate, self.config.compression, self.config.max_message_size)
+            Deflation(handshake.deflate, self.config.compression, self.config.max_message_size, shared=False)
         websocket = WebSocket(
             sock,
             initial=initial,

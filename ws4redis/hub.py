@@ -56,14 +56,25 @@ from ws4redis import settings as private_settings
 from ws4redis.connection import build_pool, get_connection_pool
 from ws4redis.deflate import Deflation
 from ws4redis.gevent_redis import GeventConnection, cooperative_pool, sockets_block
+from ws4redis.history import (
+    message_event,
+    offset_order,
+    read_missed,
+    recovery_event,
+    stream_key,
+    unwrap,
+    wrap,
+)
 from ws4redis.metrics import METRICS
-from ws4redis.protocol import frame_compressed, frame_payload
-from ws4redis.pubsub_link import LINK_ERRORS, PubSubLink, as_bytes
+from ws4redis.protocol import frame_compressed, frame_for, frame_payload
+from ws4redis.pubsub_link import LINK_ERRORS, PubSubLink
 from ws4redis.pubsub_parser import PubSubParser
 from ws4redis.redis_cluster import build_cluster_client, fetch_values, is_cluster, node_options
 from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
+from ws4redis.redis_store import as_bytes
 from ws4redis.server.rules import forwarded
 from ws4redis.shard_router import NO_PATTERNS, ShardRouter
+from ws4redis.speedups import validate_utf8
 
 __all__ = [
     "ChannelRouter", "Hub", "HubRedis", "HubRedisCluster", "Listener", "PubSubLink", "Router",
@@ -78,12 +89,16 @@ class Listener(Protocol):
 
     ``deflation`` is the socket's permessage-deflate (None when it negotiated none): the hub
     compresses a published message once for all the sockets that share a compressor.
+    ``envelope``: the client asked for history envelopes (``ws4redis.history.message_event``)
+    instead of bare messages; the hub frames each kind once.
     """
 
     deflation: Deflation | None
+    envelope: bool
 
-    def deliver(self, frame: bytes, payload: bytes, channel: str) -> bool:
-        """Queue ``frame`` (``payload`` framed, from ``channel``); True when a :meth:`flush` is needed."""
+    def deliver(self, frame: bytes, payload: bytes, channel: str, offset: bytes | None) -> bool:
+        """Queue ``frame`` (``payload`` framed, from ``channel``, at ``offset`` in its history if it
+        has one); True when a :meth:`flush` is needed."""
 
     def flush(self) -> None:
         """Write what was queued, without blocking."""
@@ -190,10 +205,14 @@ class Hub:
             self.router = ChannelRouter(self, make_connection or hub_connection_factory(self.name))
         self._listeners: dict[bytes, dict[Listener, None]] = {}
         self._pattern_listeners: dict[bytes, dict[Listener, None]] = {}
-        # Listeners per channel grouped by compression, rebuilt lazily after a change, used per message.
-        self._fanout: dict[bytes, tuple[tuple[Any, tuple[Listener, ...]], ...]] = {}
-        self._pattern_fanout: dict[bytes, tuple[tuple[Any, tuple[Listener, ...]], ...]] = {}
+        # Listeners per channel grouped by the frame they need, rebuilt lazily after a change.
+        self._fanout: dict[bytes, tuple[tuple[Any, bool, tuple[Listener, ...]], ...]] = {}
+        self._pattern_fanout: dict[bytes, tuple[tuple[Any, bool, tuple[Listener, ...]], ...]] = {}
         self._pending: list[Listener] = []
+        # Channels that keep a history (WS4REDIS_HISTORY): their label in envelopes, and the offset
+        # of the last message the hub saw on each, to replay what a reconnect to Redis missed.
+        self._history: dict[bytes, str] = {}
+        self._last_offsets: dict[bytes, tuple[bytes, tuple[int, int]]] = {}
         # Read once: 0.6.0 never forwarded the heartbeat string (nor an empty message).
         self._heartbeat = private_settings.heartbeat_bytes()
         self.closed = False
@@ -240,15 +259,19 @@ class Hub:
         channels: Iterable[str | bytes],
         patterns: Iterable[str | bytes] = (),
         timeout: float | None = constants.HUB_SUBSCRIBE_TIMEOUT,
+        history: Mapping[bytes, str] | None = None,
     ) -> bool:
         """Route ``channels`` (and ``patterns``) to ``listener``; wait until Redis confirmed them.
 
         Returns False when the confirmation did not come within ``timeout``
         (Redis is down): the listener stays registered and the channels are
-        subscribed as soon as Redis is back.
+        subscribed as soon as Redis is back. ``history`` names the channels
+        that keep a history (their messages carry offsets) with their labels.
         """
         if self.closed:
             raise RuntimeError("the hub is closed")
+        if history:
+            self._history.update(history)
         patterns = list(patterns)
         if patterns and not self.router.patterns:
             raise ValueError(NO_PATTERNS)
@@ -293,14 +316,19 @@ class Hub:
                 if not members:
                     del table[key]
                     self.router.unwant(key, pattern)
+                    if not pattern:
+                        self._history.pop(key, None)
+                        self._last_offsets.pop(key, None)
 
     # --- fan-out (runs in a link's reader greenlet) -----------------------
 
     def dispatch(self, key: bytes, payload: bytes, channel: bytes | None = None) -> None:
-        """Frame ``payload`` once and queue it for every listener of ``key``.
+        """Frame ``payload`` once per kind of listener and queue it for every listener of ``key``.
 
         ``key`` is the channel, or for a pattern subscription the pattern,
-        in which case ``channel`` names the channel it was published on.
+        in which case ``channel`` names the channel it was published on. On a
+        channel with a history the message carries its offset and type
+        (``ws4redis.history.unwrap``).
         """
         pattern = channel is not None
         fanout = self._pattern_fanout if pattern else self._fanout
@@ -309,19 +337,42 @@ class Hub:
             members = (self._pattern_listeners if pattern else self._listeners).get(key)
             if not members:
                 return  # unsubscribed meanwhile
-            groups = fanout[key] = _by_compression(members)
+            groups = fanout[key] = _by_kind(members)
+        label = None if pattern else self._history.get(key)
+        offset = binary = None
+        if label is not None:
+            offset, binary, payload = unwrap(payload)
+            if offset is not None:
+                order = offset_order(offset)
+                last = self._last_offsets.get(key)
+                if last is not None and order <= last[1]:
+                    return  # replayed already, after a reconnect to Redis (resend_persisted)
+                self._last_offsets[key] = (offset, order)
         if not forwarded(payload, self._heartbeat):
             return
-        frame = frame_payload(payload)
         name = (channel if pattern else key).decode("utf-8", "replace")
         pending = self._pending
-        for deflation, listeners in groups:
+        bare = envelope = None
+        for deflation, enveloped, listeners in groups:
             METRICS.deliveries += len(listeners)
-            sent = frame
-            if deflation is not None and len(payload) >= deflation.threshold:
-                sent = frame_compressed(payload, deflation.compressor)  # once for the whole group
+            if enveloped:
+                if envelope is None:
+                    if binary is None:
+                        binary = not validate_utf8(payload)
+                    envelope = message_event(label or name, offset, binary, payload)
+                body, kind = envelope, False
+            else:
+                body, kind = payload, binary
+            if deflation is not None and len(body) >= deflation.threshold:
+                sent = frame_compressed(body, deflation.compressor, kind)  # once for the whole group
+            elif enveloped or bare is None:
+                sent = frame_payload(body, kind)
+                if not enveloped:
+                    bare = sent
+            else:
+                sent = bare
             for listener in listeners:
-                if listener.deliver(sent, payload, name):
+                if listener.deliver(sent, payload, name, offset):
                     pending.append(listener)
 
     def flush_pending(self) -> None:
@@ -333,22 +384,61 @@ class Hub:
                 listener.flush()
 
     def resend_persisted(self, channels: Iterable[bytes]) -> int:
-        """Deliver the message kept under each channel's key to its listeners; returns how many."""
+        """After a reconnect to Redis: deliver what each channel's listeners may have missed; how many.
+
+        A channel with a history gets every message published after the last one the hub saw,
+        in order (none twice: :meth:`dispatch` skips offsets already seen). Any other channel
+        gets the message kept under its key, as 0.6.0 had it.
+        """
         names = sorted(channels)
         if not names:
             return 0
-        try:
-            values = fetch_values(self.client, names)
-        except LINK_ERRORS as exc:
-            logger.warning("ws4redis hub: could not fetch persisted messages after reconnecting: %s", exc)
-            return 0
         sent = 0
-        for name, value in zip(names, values, strict=True):
-            if value is not None:
-                self.dispatch(name, value)
-                sent += 1
+        kept = []
+        for name in names:
+            last = self._last_offsets.get(name)
+            if name in self._history and last is not None:
+                sent += self._replay(name, last[0])
+            else:
+                kept.append(name)
+        if kept:
+            try:
+                values = fetch_values(self.client, kept)
+            except LINK_ERRORS as exc:
+                logger.warning("ws4redis hub: could not fetch persisted messages after reconnecting: %s", exc)
+                values = []
+            for name, value in zip(kept, values, strict=False):
+                if value is not None:
+                    self.dispatch(name, value)
+                    sent += 1
         self.flush_pending()
         return sent
+
+    def _replay(self, channel: bytes, last: bytes) -> int:
+        label = self._history[channel]
+        try:
+            missed = read_missed(self.client, {label: stream_key(channel)}, {label: last.decode("ascii")},
+                                 constants.HUB_REPLAY_LIMIT)
+        except LINK_ERRORS as exc:
+            logger.warning("ws4redis hub: could not read the history of %r after reconnecting: %s",
+                           channel, exc)
+            return 0
+        if not missed.recovered:
+            logger.warning("ws4redis hub: the history of %r no longer holds the last message seen (%s): "
+                           "messages published during the gap may be lost", channel, last.decode("ascii"))
+            self._tell_gap(channel, recovery_event(False, len(missed.entries), missed.offsets))
+        for _, offset, binary, data in missed.entries:
+            self.dispatch(channel, wrap(offset, binary, data))
+        return len(missed.entries)
+
+    def _tell_gap(self, channel: bytes, event: bytes) -> None:
+        """Tell the history clients of ``channel`` that messages may be lost (their page refetches)."""
+        name = channel.decode("utf-8", "replace")
+        for listener in self._listeners.get(channel, ()):
+            if not listener.envelope:
+                continue
+            if listener.deliver(frame_for(event, listener.deflation), event, name, None):
+                self._pending.append(listener)
 
     # --- lifecycle --------------------------------------------------------
 
@@ -373,16 +463,16 @@ def _cluster_client(config: Mapping[str, Any]) -> RedisCluster:
             from exc
 
 
-def _by_compression(members: Iterable[Listener]) -> tuple[tuple[Any, tuple[Listener, ...]], ...]:
-    """The listeners of a channel grouped by the compressor their frames need (None: uncompressed)."""
+def _by_kind(members: Iterable[Listener]) -> tuple[tuple[Any, bool, tuple[Listener, ...]], ...]:
+    """The listeners of a channel grouped by the frame they need: (deflation or None, envelope, them)."""
     groups: dict[Any, list[Listener]] = {}
-    deflations: dict[Any, Deflation | None] = {None: None}
+    deflations: dict[Any, Deflation | None] = {}
     for listener in members:
         deflation = listener.deflation
-        key = None if deflation is None else (deflation.compressor, deflation.threshold)
+        key = (None if deflation is None else (deflation.compressor, deflation.threshold), listener.envelope)
         deflations.setdefault(key, deflation)
         groups.setdefault(key, []).append(listener)
-    return tuple((deflations[key], tuple(listeners)) for key, listeners in groups.items())
+    return tuple((deflations[key], key[1], tuple(listeners)) for key, listeners in groups.items())
 
 
 class HubRedis(redis.Redis):

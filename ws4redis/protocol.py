@@ -124,28 +124,36 @@ def frame_message(data: str | bytes | bytearray | memoryview, binary: bool = Fal
     return encode_frame(constants.OP_TEXT, _utf8(data, "a text message"))
 
 
-def frame_payload(payload: bytes | bytearray | memoryview) -> bytes:
-    """One server-side frame for bytes whose kind is unknown, as everything read from Redis.
+def _opcode(payload: bytes | bytearray | memoryview, binary: bool | None) -> int:
+    """Binary when declared so; otherwise text exactly when the bytes are UTF-8 (never invalid text)."""
+    if binary or not validate_utf8(payload):
+        return constants.OP_BINARY
+    return constants.OP_TEXT
 
-    Redis carries no opcode, so the bytes decide: UTF-8 goes out as text, which
-    is what 0.6.0's browsers expect, anything else as binary, so that invalid
-    UTF-8 never reaches a peer in a text frame (it would fail us with 1007).
+
+def frame_payload(payload: bytes | bytearray | memoryview, binary: bool | None = None) -> bytes:
+    """One server-side frame for bytes read from Redis.
+
+    Redis carries no opcode, so unless the message declared its type (``binary``, carried on
+    channels with a history) the bytes decide: UTF-8 goes out as text, which is what 0.6.0's
+    browsers expect, anything else as binary, so that invalid UTF-8 never reaches a peer in a
+    text frame (it would fail us with 1007).
     """
-    opcode = constants.OP_TEXT if validate_utf8(payload) else constants.OP_BINARY
-    return encode_frame(opcode, payload)
+    return encode_frame(_opcode(payload, binary), payload)
 
 
-def frame_compressed(payload: bytes | bytearray | memoryview, compressor: Compressor) -> bytes:
+def frame_compressed(payload: bytes | bytearray | memoryview, compressor: Compressor,
+                     binary: bool | None = None) -> bytes:
     """:func:`frame_payload`'s frame, deflated (RSV1 set) for every socket that negotiated ``compressor``."""
-    opcode = constants.OP_TEXT if validate_utf8(payload) else constants.OP_BINARY
-    return encode_frame(opcode, compressor.compress(payload), rsv1=True)
+    return encode_frame(_opcode(payload, binary), compressor.compress(payload), rsv1=True)
 
 
-def frame_for(payload: bytes | bytearray | memoryview, deflation: Deflation | None) -> bytes:
+def frame_for(payload: bytes | bytearray | memoryview, deflation: Deflation | None,
+              binary: bool | None = None) -> bytes:
     """The frame one connection sends for ``payload``: compressed when it negotiated it and it pays."""
     if deflation is not None and len(payload) >= deflation.threshold:
-        return frame_compressed(payload, deflation.compressor)
-    return frame_payload(payload)
+        return frame_compressed(payload, deflation.compressor, binary)
+    return frame_payload(payload, binary)
 
 
 def _close_payload(code: int, reason: str | bytes) -> bytes:

@@ -30,6 +30,7 @@ class RedisPublisher(RedisStore):
 
     def __init__(self, connection: redis.Redis | None = None, **kwargs: Any) -> None:
         super().__init__(connection if connection is not None else redis_connections.get_redis_connection())
+        self.facility: str | None = kwargs.get("facility")  # whose WS4REDIS_HISTORY policy applies
         self._publishers.update(self._get_message_channels(**kwargs))
 
     @property

@@ -32,16 +32,12 @@ from redis.exceptions import MovedError
 from ws4redis import constants
 from ws4redis.metrics import METRICS
 
-__all__ = ["LINK_ERRORS", "LinkEvents", "LinkOwner", "PubSubLink", "as_bytes"]
+__all__ = ["LINK_ERRORS", "LinkEvents", "LinkOwner", "PubSubLink"]
 
 logger = logging.getLogger(__name__)
 
 # Errors meaning "this Redis connection is unusable": log, back off, reconnect.
 LINK_ERRORS = (redis.RedisError, OSError)
-
-
-def as_bytes(name: str | bytes) -> bytes:
-    return name.encode() if isinstance(name, str) else bytes(name)
 
 
 class LinkOwner(Protocol):

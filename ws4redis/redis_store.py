@@ -25,8 +25,10 @@ from typing import Any
 import redis
 
 from ws4redis import settings as private_settings
+from ws4redis.history import PUBLISH_SCRIPT, HistoryPolicy, stream_key
 from ws4redis.redis_cluster import is_cluster_client, key_slot, publish_on_cluster
 from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
+from ws4redis.speedups import validate_utf8
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +89,14 @@ class RedisMessage(bytes):
     the heartbeat string and pub/sub replies other than a published message
     (subscribe confirmations and the like), exactly like 0.6.0, so callers can
     write ``msg = RedisMessage(x); if msg: ...``.
+
+    ``binary`` says whether the message goes to browsers in a binary frame. By default a ``str``
+    is text and bytes are text when they are valid UTF-8; ``RedisMessage(data, binary=True)``
+    says so explicitly. Redis itself carries bytes only: the type travels with the message on
+    channels that keep a history (WS4REDIS_HISTORY), and is inferred again elsewhere.
     """
 
-    def __new__(cls, value: Any) -> RedisMessage | None:  # type: ignore[misc]
+    def __new__(cls, value: Any, binary: bool | None = None) -> RedisMessage | None:  # type: ignore[misc]
         if isinstance(value, str):
             data = value.encode("utf-8")
         elif isinstance(value, (bytes, bytearray, memoryview)):
@@ -102,19 +109,36 @@ class RedisMessage(bytes):
             raise TypeError(f"RedisMessage needs str, bytes or a pub/sub reply, got {type(value).__name__}")
         if data and data == private_settings.heartbeat_bytes():
             return None
-        return super().__new__(cls, data)
+        message = super().__new__(cls, data)
+        if binary is not None:
+            message._binary = bool(binary)
+        return message
 
     @classmethod
-    def received(cls, data: bytes) -> RedisMessage:
+    def received(cls, data: bytes, binary: bool | None = None) -> RedisMessage:
         """A client's message that a server's rules (``ws4redis.server.rules.inbound``) already told
         from the heartbeat: made without looking the heartbeat setting up again."""
-        return bytes.__new__(cls, data)
+        message = bytes.__new__(cls, data)
+        if binary is not None:
+            message._binary = binary
+        return message
+
+    @property
+    def binary(self) -> bool:
+        """Whether the message goes out in a binary frame (see the class docstring)."""
+        binary = self.__dict__.get("_binary")
+        return not validate_utf8(self) if binary is None else binary
 
     @classmethod
     def _from_reply(cls, reply: list | tuple) -> RedisMessage | None:
         """The payload of a ``message``/``pmessage`` pub/sub reply, None for any other reply."""
         value = reply_payload(reply)
         return None if value is None else cls(value)
+
+
+def as_bytes(name: str | bytes) -> bytes:
+    """A channel name as Redis sends it back (redis-py gives str or bytes, depending on its options)."""
+    return name.encode() if isinstance(name, str) else bytes(name)
 
 
 def reply_payload(reply: Any) -> Any:
@@ -227,47 +251,74 @@ class PublishPlan:
     so a websocket publishing thousands of messages pays for it once; each
     message is framed into one pipelined write and the replies are read
     back on the same pooled connection, without MULTI/EXEC.
+
+    With a ``history`` policy (WS4REDIS_HISTORY) each channel takes one EVAL of
+    :data:`ws4redis.history.PUBLISH_SCRIPT` instead: the stream entry, the kept
+    message and the publication happen together inside Redis, and the message's
+    type (text or binary) travels with it.
     """
 
-    __slots__ = ("channels", "expire", "sharded", "_commands", "_publishes", "_slots", "__weakref__")
+    __slots__ = ("channels", "expire", "sharded", "history", "_commands", "_publishes", "_slots",
+                 "__weakref__")
 
-    def __init__(self, channels: Iterable[str], expire: int, sharded: bool = False) -> None:
+    def __init__(self, channels: Iterable[str], expire: int, sharded: bool = False,
+                 history: HistoryPolicy | None = None) -> None:
         self.channels: tuple[str, ...] = tuple(sorted(channels))
         self.expire = expire
         self.sharded = sharded  # Redis Cluster: SPUBLISH, each command sent to its slot's master
+        self.history = history
         publish = b"SPUBLISH" if sharded else b"PUBLISH"
-        # (bytes before the message, bytes after it) per command, which replies count receivers,
-        # and the hash slot each command goes to on a cluster.
-        commands: list[tuple[bytes, bytes]] = []
+        # (bytes before a text message, before a binary one, after either) per command, which
+        # replies count receivers, and the hash slot each command goes to on a cluster.
+        commands: list[tuple[bytes, bytes, bytes]] = []
         publishes: list[bool] = []
         slots: list[int] = []
         for channel in self.channels:
             raw = channel.encode("utf-8") if isinstance(channel, str) else bytes(channel)
             name = _bulk(raw)
             slot = key_slot(raw) if sharded else 0
+            if history is not None:
+                head = b"".join((b"*11\r\n", _bulk(b"EVAL"), _bulk(PUBLISH_SCRIPT), _bulk(b"2"),
+                                 _bulk(stream_key(raw)), name, _bulk(publish), _bulk(b"%d" % history.size),
+                                 _bulk(b"%d" % history.ttl), _bulk(b"%d" % max(expire, 0))))
+                commands.append((head + _bulk(b"t"), head + _bulk(b"b"), b"\r\n"))
+                publishes.append(True)
+                slots.append(slot)
+                continue
             if expire > 0:
                 keep = b"\r\n" + _bulk(b"EX") + _bulk(b"%d" % expire)
-                commands.append((b"*5\r\n" + _bulk(b"SET") + name, keep))
+                head = b"*5\r\n" + _bulk(b"SET") + name
+                commands.append((head, head, keep))
                 publishes.append(False)
                 slots.append(slot)
-            commands.append((b"*3\r\n" + _bulk(publish) + name, b"\r\n"))
+            head = b"*3\r\n" + _bulk(publish) + name
+            commands.append((head, head, b"\r\n"))
             publishes.append(True)
             slots.append(slot)
         self._commands = tuple(commands)
         self._publishes = tuple(publishes)
         self._slots = tuple(slots)
 
-    def pack(self, message: bytes) -> bytes:
-        """The RESP encoding of every command of the plan for ``message``."""
+    def _packed(self, message: bytes, binary: bool | None) -> list[bytes]:
+        if binary is None:
+            binary = self.history is not None and not validate_utf8(message)
         length = b"$%d\r\n" % len(message)
-        return b"".join(b"".join((head, length, message, tail)) for head, tail in self._commands)
+        return [b"".join((binary_head if binary else text_head, length, message, tail))
+                for text_head, binary_head, tail in self._commands]
+
+    def pack(self, message: bytes, binary: bool | None = None) -> bytes:
+        """The RESP encoding of every command of the plan for ``message``.
+
+        ``binary`` (None: bytes that are not UTF-8) matters only to channels with a history.
+        """
+        return b"".join(self._packed(message, binary))
 
     @property
     def replies(self) -> int:
         """How many replies Redis sends for one packed message."""
         return len(self._publishes)
 
-    def execute(self, client: Any, message: bytes) -> int:
+    def execute(self, client: Any, message: bytes, binary: bool | None = None) -> int:
         """Send the commands for ``message`` through ``client``'s pool; returns the PUBLISH receivers.
 
         The client's retries cover sending only: once the commands went out, a connection that
@@ -278,12 +329,10 @@ class PublishPlan:
         if not self._commands:
             return 0
         if self.sharded:
-            length = b"$%d\r\n" % len(message)
-            packed_each = [b"".join((head, length, message, tail)) for head, tail in self._commands]
-            return publish_on_cluster(client, self._slots, packed_each, self._publishes)
+            return publish_on_cluster(client, self._slots, self._packed(message, binary), self._publishes)
         pool = client.connection_pool
         connection = pooled_connection(pool)
-        packed = self.pack(message)
+        packed = self.pack(message, binary)
         try:
             connection.retry.call_with_retry(
                 lambda: connection.send_packed_command((packed,)), lambda error: connection.disconnect()
@@ -335,6 +384,11 @@ class RedisStore:
         self._connection = connection
         self._publishers: set[str] = set()
 
+    @property
+    def connection(self) -> Any:
+        """The Redis client this store publishes with and reads kept messages and histories from."""
+        return self._connection
+
     @staticmethod
     def get_prefix() -> str:
         """``'<WS4REDIS_PREFIX>:'`` or ``''`` (0.6.0 had it here)."""
@@ -357,10 +411,16 @@ class RedisStore:
             return expire
         return private_settings.WS4REDIS_EXPIRE if self._expire is None else self._expire
 
+    def history_policy(self) -> HistoryPolicy | None:
+        """The WS4REDIS_HISTORY policy of this store's facility; None when its channels keep none."""
+        settings = private_settings.history()
+        facility = getattr(self, "facility", None)
+        return None if settings is None or facility is None else settings.for_facility(facility)
+
     def publish_plan(self, expire: int | None = None) -> PublishPlan:
         """The channels and expiry of :meth:`publish_message`, settled now, to publish many messages with."""
         return PublishPlan(self._publishers, self._expire_seconds(expire),
-                           sharded=is_cluster_client(self._connection))
+                           sharded=is_cluster_client(self._connection), history=self.history_policy())
 
     def publishes_through(self, client: Any) -> bool:
         """Whether this store publishes the standard way over ``client``, so a server may batch for it.
@@ -382,7 +442,7 @@ class RedisStore:
         """
         message = self._as_message(message)
         try:
-            return self.publish_plan(expire).execute(self._connection, message)
+            return self.publish_plan(expire).execute(self._connection, message, message.binary)
         except UNAVAILABLE as exc:
             raise BrokerUnavailable(f"message not published, Redis is unreachable: {exc}") from exc
 
@@ -390,8 +450,9 @@ class RedisStore:
         self, message: Any, expire: int | None = None, transaction: bool = True
     ) -> int:
         """``publish_message`` in one round trip (MULTI/EXEC when ``transaction``)."""
-        if is_cluster_client(self._connection):
-            # A cluster has no MULTI across slots: one round trip per master, as publish_message does.
+        if is_cluster_client(self._connection) or self.history_policy() is not None:
+            # A cluster has no MULTI across slots: one round trip per master, as publish_message
+            # does; with a history, each channel's commands are one script, atomic as MULTI.
             return self.publish_message(message, expire)
         message = self._as_message(message)
         expire = self._expire_seconds(expire)

@@ -38,6 +38,7 @@ from ws4redis import constants
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, headers_from_environ, validate_upgrade
+from ws4redis.history import parse_since
 from ws4redis.models import store_groups_in_session
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ __all__ = [
     "own_origin",
     "release_database_connections",
     "requested_channels",
+    "requested_history",
 ]
 
 
@@ -62,6 +64,8 @@ class Negotiation:
     channels: list[str]
     echo: bool
     subprotocol: str | None
+    history: bool = False  # the client asked for history envelopes (``history`` in the query)
+    since: dict[str, str] | None = None  # the offsets it resumes from (``since``), per channel label
 
 
 def check_handshake(environ: Mapping[str, Any]) -> Handshake:
@@ -182,6 +186,25 @@ def requested_channels(request: WSGIRequest, possible: list[str]) -> tuple[list[
     return channels, echo
 
 
+def requested_history(request: WSGIRequest) -> tuple[bool, dict[str, str] | None]:
+    """Whether ``history`` was asked for, and the offsets of ``since``; HandshakeError 400 for a bad one."""
+    asked = False
+    since = None
+    for parameter, values in request.GET.lists():
+        name = parameter.strip().lower()
+        if name == constants.HISTORY_PARAMETER:
+            asked = True
+        elif name == constants.SINCE_PARAMETER:
+            try:
+                since = parse_since(values[-1])
+            except ValueError as exc:
+                raise HandshakeError(f"Bad Request: {exc}", 400) from None
+    if since is not None and not asked:
+        raise HandshakeError(f"Bad Request: '{constants.SINCE_PARAMETER}' needs "
+                             f"'{constants.HISTORY_PARAMETER}' (history envelopes) in the query", 400)
+    return asked, since
+
+
 def negotiate(environ: dict[str, Any], handshake: Handshake, subscriber_class: type) -> Negotiation:
     """Build the request and settle its channels; PermissionDenied from WS4REDIS_ALLOWED_CHANNELS passes.
 
@@ -195,7 +218,9 @@ def negotiate(environ: dict[str, Any], handshake: Handshake, subscriber_class: t
     if allowed_channels is not None:
         channels = list(allowed_channels(request, channels))
     subprotocol = handshake.subprotocols[0] if handshake.subprotocols else None
-    return Negotiation(request=request, channels=channels, echo=echo, subprotocol=subprotocol)
+    history, since = requested_history(request)
+    return Negotiation(request=request, channels=channels, echo=echo, subprotocol=subprotocol,
+                       history=history, since=since)
 
 
 def release_database_connections() -> None:

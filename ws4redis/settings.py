@@ -27,6 +27,7 @@ from django.utils.module_loading import import_string
 
 from ws4redis import constants
 from ws4redis.deflate import CompressionSettings
+from ws4redis.history import HistorySettings
 from ws4redis.redis_config import check_connection_settings
 
 DEFAULTS: dict[str, Any] = {
@@ -64,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     # permessage-deflate (RFC 7692), off by default: True, or a dict of threshold (bytes under
     # which messages go uncompressed), level, mem_level, client_no_context_takeover.
     "WS4REDIS_COMPRESSION": None,
+    # Per-channel history in Redis Streams, off by default: True, or a dict of size (messages
+    # kept), ttl (seconds a quiet channel keeps them) and facilities (only these, with overrides).
+    "WS4REDIS_HISTORY": None,
     # Origins allowed to open websockets: '*', or a list of ALLOWED_HOSTS-style host patterns
     # and/or full origins ('https://example.com'); None derives it from ALLOWED_HOSTS.
     "WS4REDIS_ALLOWED_ORIGINS": None,
@@ -82,8 +86,8 @@ DEFAULTS: dict[str, Any] = {
     "WS4REDIS_MONITORING": None,
 }
 
-__all__ = [*DEFAULTS, "allowed_origins", "max_fragments", "monitoring_paths", "origin_allowed",
-           "resolve_callable", "subscriber_class", "validate_settings"]
+__all__ = [*DEFAULTS, "allowed_origins", "compression", "heartbeat_bytes", "history", "max_fragments",
+           "monitoring_paths", "origin_allowed", "resolve_callable", "subscriber_class", "validate_settings"]
 
 
 def __getattr__(name: str) -> Any:
@@ -112,13 +116,23 @@ def heartbeat_bytes() -> bytes | None:
     return heartbeat.encode() if heartbeat else None
 
 
-def compression() -> CompressionSettings | None:
-    """WS4REDIS_COMPRESSION as ws4redis.deflate reads it; None when off."""
+def _read(name: str, parse: Callable[[Any], Any]) -> Any:
+    """``parse`` of the setting ``name``; its ValueError becomes ImproperlyConfigured naming it."""
     try:
-        return CompressionSettings.from_setting(get("WS4REDIS_COMPRESSION"))
+        return parse(get(name))
     except (ValueError, TypeError) as exc:
         separator = "" if str(exc).startswith("[") else " "
-        raise ImproperlyConfigured(f"WS4REDIS_COMPRESSION{separator}{exc}") from None
+        raise ImproperlyConfigured(f"{name}{separator}{exc}") from None
+
+
+def compression() -> CompressionSettings | None:
+    """WS4REDIS_COMPRESSION as ws4redis.deflate reads it; None when off."""
+    return _read("WS4REDIS_COMPRESSION", CompressionSettings.from_setting)
+
+
+def history() -> HistorySettings | None:
+    """WS4REDIS_HISTORY as ws4redis.history reads it; None when off."""
+    return _read("WS4REDIS_HISTORY", HistorySettings.from_setting)
 
 
 def max_fragments() -> int:
@@ -362,3 +376,4 @@ def validate_settings() -> None:
     _check_seconds("WS4REDIS_SHUTDOWN_TIMEOUT", allow_zero=True)
     _check_monitoring()
     compression()
+    history()

@@ -31,13 +31,9 @@ import redis
 
 from ws4redis import connection as redis_connections
 from ws4redis import settings as private_settings
-from ws4redis.redis_store import SELF, RedisMessage, RedisStore, is_authenticated, session_key
+from ws4redis.redis_store import SELF, RedisMessage, RedisStore, as_bytes, is_authenticated, session_key
 
 logger = logging.getLogger(__name__)
-
-
-def _as_bytes(name: str | bytes) -> bytes:
-    return name.encode() if isinstance(name, str) else bytes(name)
 
 
 class RedisSubscriber(RedisStore):
@@ -110,8 +106,8 @@ class RedisSubscriber(RedisStore):
         subscription = self._subscription
         if subscription is None:
             return (), ()
-        return (tuple(_as_bytes(name) for name in subscription.channels),
-                tuple(_as_bytes(name) for name in getattr(subscription, "patterns", ())))
+        return (tuple(as_bytes(name) for name in subscription.channels),
+                tuple(as_bytes(name) for name in getattr(subscription, "patterns", ())))
 
     @property
     def subscribed_channels(self) -> list[str]:

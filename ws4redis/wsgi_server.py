@@ -36,6 +36,7 @@ import redis
 from ws4redis import settings as private_settings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake
+from ws4redis.history import ChannelHistory
 from ws4redis.server.accept import Accepted, Rejected, StartResponse, accept
 from ws4redis.server.config import ServerConfig
 from ws4redis.server.relay import relay
@@ -157,15 +158,17 @@ class WebsocketWSGIServer:
             logger.error("ws4redis: cannot upgrade %s: %s", environ.get("PATH_INFO"), exc)
             return Rejected.from_error(exc).send_wsgi(start_response)
         self.serve_websocket(websocket, accepted.subscriber, accepted.echo, accepted.persisted,
-                             peer=str(environ.get("REMOTE_ADDR", "?")), path=accepted.path)
+                             peer=str(environ.get("REMOTE_ADDR", "?")), path=accepted.path,
+                             history=accepted.history)
         return []
 
     def serve_websocket(
         self, websocket: Any, subscriber: Any, echo: bool, persisted: Iterable[bytes] = (),
-        peer: str = "?", path: str = "",
+        peer: str = "?", path: str = "", history: ChannelHistory | None = None,
     ) -> None:
-        """Send the ``persisted`` messages, then relay between ``websocket`` and Redis; never raises."""
-        relay(websocket, subscriber, echo, persisted, self.config, self._readable, peer, path)
+        """Send the ``persisted`` messages (or the replay of ``history``), then relay between
+        ``websocket`` and Redis; never raises."""
+        relay(websocket, subscriber, echo, persisted, self.config, self._readable, peer, path, history)
 
     def _readable(self, descriptors: list[int], timeout: float | None) -> list[int]:
         return self.select(descriptors, [], [], timeout)[0]

@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="what fills each message after its header: dots (default) or JSON-like rows, which "
         "compress as real traffic does",
     )
+    parser.add_argument(
+        "--history", action="store_true",
+        help="publish as ws4redis does on a facility with WS4REDIS_HISTORY, and have the clients ask "
+        "for history envelopes (the facility must keep a history)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
@@ -177,6 +182,7 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         envelope=args.envelope,
         compression=args.compression,
         payload=args.payload,
+        history=args.history,
     )
     try:
         check_options(options)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import random
 import zlib
@@ -49,6 +50,7 @@ PUBLISHER_SOURCE = 0
 # What browsers offer (RFC 7692); ws4redis answers with server_no_context_takeover.
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692, section 7.2.2: put back before inflating
+_MESSAGE_EVENT = b'{"event":"message"'  # how a history envelope with a message starts
 PAYLOADS = ("dots", "json")
 _WORDS = ("hello", "world", "message", "update", "price", "ticket", "order", "status", "ready",
           "shipped", "user", "channel", "group", "online", "away", "typing", "seen", "sent")
@@ -100,7 +102,8 @@ class HandshakeFailed(Exception):
 class Target:
     """Where the clients connect: host, port and the upgrade request for client ``i``."""
 
-    def __init__(self, url: str, headers: list[str] | None = None, compression: bool = False) -> None:
+    def __init__(self, url: str, headers: list[str] | None = None, compression: bool = False,
+                 history: bool = False) -> None:
         parts = urlsplit(url)
         if parts.scheme != "ws":
             raise ValueError(f"URL must start with ws:// (TLS is not supported), got {url!r}")
@@ -109,7 +112,9 @@ class Target:
         self.url = url
         self.host = parts.hostname
         self.port = parts.port or 80
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        query = "&".join(part for part in (parts.query, "history" if history else "") if part)
+        self.path = (parts.path or "/") + (f"?{query}" if query else "")
+        self.history = history  # the clients get history envelopes (JSON) and take the message out
         self.headers = "".join(f"{line.strip()}\r\n" for line in headers or ())
         if compression:
             self.headers += f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n"
@@ -161,6 +166,7 @@ class BenchClient(asyncio.Protocol):
         # the server's context, and allocates nothing per message.
         self._inflater = zlib.decompressobj(-15) if target.compression else None
         self._inflating = False  # the fragmented message in progress is compressed
+        self._history = target.history
         loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future = loop.create_future()
         self.finished: asyncio.Future = loop.create_future()
@@ -209,6 +215,10 @@ class BenchClient(asyncio.Protocol):
                     except zlib.error as exc:
                         self._fail(f"compressed message does not inflate: {exc}")
                         return
+                if self._history:
+                    if not payload.startswith(_MESSAGE_EVENT):
+                        continue  # where the channels stand: not a message
+                    payload = json.loads(payload)["data"].encode("utf-8")
                 if payload[:TAG_SIZE] != self.sender:
                     if payload[:RUN_PREFIX_SIZE] == self.warmup:
                         self.warmed = True

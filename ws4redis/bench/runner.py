@@ -28,8 +28,10 @@ from ws4redis.bench.client import (
 )
 from ws4redis.bench.procstat import ProcessGone, ProcessTree
 from ws4redis.bench.stats import Stats
+from ws4redis.history import PUBLISH_SCRIPT, stream_key
 
 PUBLISH_BATCH = 256  # PUBLISH commands per pipeline round trip
+HISTORY_SIZE, HISTORY_TTL = 1000, 300  # the stream of --history: about as long as a run's messages
 WARMUP_INTERVALS = (0.02, 0.05, 0.1, 0.2)  # seconds between warm-up messages, then the last repeats
 CLOSE_GRACE = 2.0  # seconds the servers get to answer our close frames
 ENVELOPE_FIELD = "{message}"
@@ -63,6 +65,9 @@ class Options:
     # Offer permessage-deflate as browsers do and inflate what comes compressed.
     compression: bool = False
     payload: str = "dots"  # what fills each message after its header: "dots" or "json"
+    # Publish as ws4redis does on a facility with WS4REDIS_HISTORY (the stream entry and the
+    # publication in one script), and have the clients ask for history envelopes.
+    history: bool = False
 
     def effective_window(self) -> int:
         """Messages the publisher may have in flight; 0 means unlimited.
@@ -131,7 +136,8 @@ class Run:
         self.options = options
         self.stats = Stats()
         self.progress = progress or Progress()
-        self.target = Target(options.url, list(options.headers), compression=options.compression)
+        self.target = Target(options.url, list(options.headers), compression=options.compression,
+                             history=options.history)
         self.padding = padding(options.size, options.payload)
         self.clients: list[BenchClient] = []
         self.server = ProcessTree(options.server_pid) if options.server_pid else None
@@ -259,10 +265,17 @@ class Run:
                 self.stats.error(f"warm-up: {len(waiting)} clients got no message within {opts.timeout} s")
                 return
             marker = message(sender, attempt, padding)
-            await redis.execute_command(self.publish_command, channel,
-                                        self.envelope[0] + marker + self.envelope[1])
+            wrapped = self.envelope[0] + marker + self.envelope[1]
+            await redis.execute_command(*self.publish_args(channel, wrapped))
             await asyncio.sleep(WARMUP_INTERVALS[min(attempt, len(WARMUP_INTERVALS) - 1)])
             attempt += 1
+
+    def publish_args(self, channel: str, message: bytes) -> tuple:
+        """The command that publishes ``message``: (S)PUBLISH, or the history script's EVAL."""
+        if not self.options.history:
+            return self.publish_command, channel, message
+        return ("EVAL", PUBLISH_SCRIPT, 2, stream_key(channel), channel, self.publish_command,
+                HISTORY_SIZE, HISTORY_TTL, 0, "t", message)
 
     @property
     def publish_command(self) -> str:
@@ -318,8 +331,8 @@ class Run:
             count = min(count, PUBLISH_BATCH)
             pipe = redis.pipeline(transaction=False) if opts.broker != "cluster" else redis.pipeline()
             for seq in range(published, published + count):
-                pipe.execute_command(self.publish_command, channel,
-                                     before + message(sender, seq, padding) + after)
+                wrapped = before + message(sender, seq, padding) + after
+                pipe.execute_command(*self.publish_args(channel, wrapped))
             receivers = await pipe.execute()
             if not receivers[0]:
                 stats.error(f"publish: no subscriber on Redis channel {channel!r}")
@@ -419,6 +432,7 @@ class Run:
             "size": opts.size,
             "payload": opts.payload,
             "compression": {"offered": opts.compression, "negotiated_clients": stats.compressed_clients},
+            "history": opts.history,
             "rate": opts.rate,
             "window": opts.effective_window() if opts.mode == "publish" else None,
             "expected": expected,

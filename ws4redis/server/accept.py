@@ -27,11 +27,14 @@ import redis
 from django.core.exceptions import PermissionDenied
 
 from ws4redis import constants
+from ws4redis import settings as private_settings
 from ws4redis.deflate import CompressionSettings
 from ws4redis.exceptions import HandshakeError
 from ws4redis.handshake import Handshake, error_response, status_line, upgrade_response
+from ws4redis.history import ChannelHistory, for_subscriber
 from ws4redis.metrics import METRICS
-from ws4redis.session import check_handshake, negotiate, release_database_connections
+from ws4redis.redis_store import get_prefix
+from ws4redis.session import Negotiation, check_handshake, negotiate, release_database_connections
 
 __all__ = ["Accepted", "Rejected", "accept", "setup_failures"]
 
@@ -50,6 +53,7 @@ class Accepted:
     subprotocol: str | None
     persisted: list[bytes] = field(default_factory=list)
     path: str = ""
+    history: ChannelHistory | None = None  # when the facility keeps a history (WS4REDIS_HISTORY)
 
     def upgrade_response(self) -> bytes:
         """The 101 Switching Protocols response head."""
@@ -157,10 +161,11 @@ def accept(
             negotiation = negotiate(environ, handshake, subscriber_class)
             subscriber = subscriber_class(client)
             subscriber.set_pubsub_channels(negotiation.request, negotiation.channels)
+            history = channel_history(subscriber, negotiation)
             # Read before the 101 goes out: a client cannot publish anything yet, so a message
             # it sends right after connecting is not also found here and sent twice.
             persisted = [bytes(message) for message in subscriber.get_persisted_messages()] \
-                if read_persisted else []
+                if read_persisted and (history is None or not history.envelope) else []
     except HandshakeError as exc:
         logger.info("ws4redis: refused websocket of %s (%s %s): %s", peer, environ.get("REQUEST_METHOD"),
                     environ.get("PATH_INFO"), exc)
@@ -173,4 +178,14 @@ def accept(
     logger.debug("ws4redis: %s subscribed to %s, publishing on %s", environ.get("PATH_INFO"),
                  subscriber.subscribed_channels, sorted(subscriber.publishers))
     return Accepted(handshake, subscriber, negotiation.echo, negotiation.subprotocol, persisted,
-                    str(environ.get("PATH_INFO", "")))
+                    str(environ.get("PATH_INFO", "")), history)
+
+
+def channel_history(subscriber: Any, negotiation: Negotiation) -> ChannelHistory | None:
+    """The history side of a subscribed websocket; HandshakeError 400 when it asks for one in vain."""
+    try:
+        return for_subscriber(subscriber.history_policy(), subscriber.subscribed_channels, get_prefix(),
+                              subscriber.facility, negotiation.history, negotiation.since,
+                              newest=private_settings.WS4REDIS_EXPIRE > 0)
+    except ValueError as exc:
+        raise HandshakeError(f"Bad Request: {exc}", 400) from None

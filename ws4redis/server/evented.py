@@ -39,6 +39,7 @@ from gevent.event import Event
 
 from ws4redis import constants
 from ws4redis.deflate import DeflateParams, Deflation
+from ws4redis.history import ChannelHistory, Seam, message_event
 from ws4redis.metrics import METRICS, audience_of
 from ws4redis.protocol import Message, ProtocolViolation, State, WebSocketProtocol, frame_for
 from ws4redis.redis_errors import UNAVAILABLE
@@ -177,13 +178,21 @@ class WebSocketConnection:
         "peer", "_phase", "_queue", "_queued_bytes", "_offset", "_reader", "_watcher", "_blocked",
         "_persisted", "_unpublished", "_in_flight", "_plan", "keepalive", "_closing_since", "_draining_since",
         "_backlogged_since", "_lingering", "refused", "server", "path", "_opened_at", "messages_in",
-        "frames_out", "bytes_out", "deflation",
+        "frames_out", "bytes_out", "deflation", "history", "envelope", "_held", "_floors",
     )
 
     def __init__(self, fd: int, subscriber: Any, host: ConnectionHost, peer: str, echo: bool,
-                 server: str = "", path: str = "", deflate: DeflateParams | None = None) -> None:
+                 server: str = "", path: str = "", deflate: DeflateParams | None = None,
+                 history: ChannelHistory | None = None) -> None:
         config = host.config
         self._fd = fd
+        # WS4REDIS_HISTORY: the channels' labels and what the client asked for; ``envelope`` when it
+        # receives history envelopes. While such a websocket is set up, live messages wait in
+        # ``_held``; after the replay, ``_floors`` drops what the replay already had (a Seam).
+        self.history = history
+        self.envelope = history is not None and history.envelope
+        self._held: list[tuple[bytes, str, bytes | None]] | None = None
+        self._floors: Seam | None = None
         # permessage-deflate, when negotiated: the hub groups this connection with the others that
         # share its compressor and hands them one compressed frame.
         self.deflation = None if deflate is None or config.compression is None else \
@@ -227,7 +236,7 @@ class WebSocketConnection:
 
     # --- the hub's side ---------------------------------------------------
 
-    def deliver(self, frame: bytes, payload: bytes, channel: str) -> bool:
+    def deliver(self, frame: bytes, payload: bytes, channel: str, offset: bytes | None) -> bool:
         """Queue a frame framed by the hub; True when this connection needs a flush."""
         if self._phase > LIVE or self.protocol.state is not _OPEN:
             METRICS.deliveries_dropped["closed"] += 1
@@ -235,6 +244,15 @@ class WebSocketConnection:
         echo_filter = self.echo_filter
         if echo_filter is not None and echo_filter.is_echo(channel, payload):
             METRICS.echoes_suppressed += 1
+            return False
+        floors = self._floors
+        if floors is not None and floors.replayed(channel, offset):
+            return False
+        held = self._held
+        if held is not None:
+            held.append((frame, channel, offset))
+            if len(held) > self.config.queue_messages:
+                self._overflow()
             return False
         queue = self._queue
         queue.append(frame)
@@ -446,9 +464,16 @@ class WebSocketConnection:
         Live messages arriving meanwhile are queued behind the persisted ones,
         so a client that publishes as soon as it is open is already heard.
         """
-        confirmed = self.host.hub.subscribe(self, self.channels, self.patterns)
+        history = self.history
+        if self.envelope:
+            self._held = []
+        confirmed = self.host.hub.subscribe(self, self.channels, self.patterns,
+                                            history=None if history is None else history.labels)
         if not confirmed:
             logger.warning("ws4redis: Redis did not confirm the subscriptions of %s in time", self.peer)
+        if self.envelope:
+            self._replay(history)
+            return
         self._persisted = []
         try:
             self.subscriber.send_persisted_messages(self)
@@ -458,6 +483,28 @@ class WebSocketConnection:
         persisted, self._persisted = self._persisted, None
         self._queue[:0] = persisted
         self._queued_bytes += sum(len(frame) for frame in persisted)
+
+    def _replay(self, history: ChannelHistory) -> None:
+        """Queue what a history client gets first: missed (or newest) messages, then the event.
+
+        Live messages held meanwhile follow, less those the replay already had (offsets up to
+        where each channel stands after it), so the seam has no gap and no duplicate.
+        """
+        try:
+            entries, event, offsets = history.replay(self.host.hub.client)
+        finally:
+            held, self._held = self._held or [], None
+        if self._phase == DONE:
+            return  # closed meanwhile (its held messages overflowed the send queue)
+        deflation = self.deflation
+        frames = [frame_for(message_event(label, offset, binary, data), deflation)
+                  for label, offset, binary, data in entries]
+        frames.append(frame_for(event, deflation))
+        floors = Seam(history.labels, offsets)
+        frames.extend(frame for frame, channel, offset in held if not floors.replayed(channel, offset))
+        self._floors = floors if floors.open else None
+        self._queue[:0] = frames
+        self._queued_bytes += sum(len(frame) for frame in frames)
 
     def start(self, data: bytes) -> None:
         """The 101 response is out and the descriptor ours: frames flow, reading moves to a watcher.
@@ -827,7 +874,8 @@ def prepare_connection(
     """
     try:
         connection = WebSocketConnection(fd, accepted.subscriber, host, peer, accepted.echo,
-                                         connections.server, accepted.path, accepted.handshake.deflate)
+                                         connections.server, accepted.path, accepted.handshake.deflate,
+                                         accepted.history)
     except Exception:
         logger.exception("ws4redis: websocket setup of %s failed", peer)
         accepted.subscriber.release()

@@ -31,11 +31,13 @@ import redis
 
 from ws4redis import constants
 from ws4redis.exceptions import ConnectionClosed
+from ws4redis.history import ChannelHistory, Seam, message_event, unwrap
 from ws4redis.protocol import WebSocketProtocol, frame_for
-from ws4redis.redis_store import RedisMessage, reply_payload
+from ws4redis.redis_store import RedisMessage, as_bytes, reply_payload
 from ws4redis.server import journal
 from ws4redis.server.config import ServerConfig
 from ws4redis.server.rules import Due, EchoFilter, Inbound, Keepalive, forwarded, inbound, publish_failure
+from ws4redis.speedups import validate_utf8
 
 __all__ = ["BlockingWebSocket", "relay"]
 
@@ -68,17 +70,23 @@ class BlockingWebSocket(Protocol):
 
 
 def relay(websocket: BlockingWebSocket, subscriber: Any, echo: bool, persisted: Iterable[bytes],
-          config: ServerConfig, wait: Wait, peer: str = "?", path: str = "") -> None:
+          config: ServerConfig, wait: Wait, peer: str = "?", path: str = "",
+          history: ChannelHistory | None = None) -> None:
     """Send ``persisted``, then relay between ``websocket`` and Redis until either ends; never raises.
 
     ``peer`` and ``path`` name the websocket in the log lines of :mod:`ws4redis.server.journal`.
+    With ``history`` (WS4REDIS_HISTORY) messages carry offsets; a client that asked for history
+    envelopes first gets its replay (``ChannelHistory.replay``), then live messages from the
+    seam on.
     """
     opened = time.monotonic()
     journal.opened(SERVER, peer, path, subscriber.subscribed_channels)
-    loop = _Relay(websocket, subscriber, echo, config)
+    loop = _Relay(websocket, subscriber, echo, config, history)
     try:
         for message in persisted:
             loop.send(loop.frame(message))
+        if history is not None and history.envelope:
+            loop.replay(wait)
         loop.run(wait)
     except ConnectionClosed as exc:
         logger.debug("ws4redis: websocket gone: %s", exc)
@@ -96,11 +104,15 @@ def relay(websocket: BlockingWebSocket, subscriber: Any, echo: bool, persisted: 
 
 class _Relay:
     __slots__ = ("websocket", "subscriber", "echo_filter", "heartbeat", "keepalive", "messages_in",
-                 "frames_out", "bytes_out")
+                 "frames_out", "bytes_out", "history", "labels", "envelope", "seam")
 
     def __init__(self, websocket: BlockingWebSocket, subscriber: Any, echo: bool,
-                 config: ServerConfig) -> None:
+                 config: ServerConfig, history: ChannelHistory | None = None) -> None:
         self.websocket = websocket
+        self.history = history
+        self.labels = {} if history is None else dict(history.labels)  # channels whose messages carry offsets
+        self.envelope = history is not None and history.envelope
+        self.seam: Seam | None = None
         self.subscriber = subscriber
         self.echo_filter = EchoFilter.unless_echo(echo, subscriber.publishers, subscriber.subscribed_channels)
         self.heartbeat = config.heartbeat
@@ -109,9 +121,44 @@ class _Relay:
         self.frames_out = 0  # data frames: the websocket writes its control frames itself
         self.bytes_out = 0
 
-    def frame(self, payload: bytes) -> bytes:
+    def frame(self, payload: bytes, binary: bool | None = None) -> bytes:
         """The frame of ``payload`` for this websocket (deflated when it negotiated permessage-deflate)."""
-        return frame_for(payload, self.websocket.protocol.deflation)
+        return frame_for(payload, self.websocket.protocol.deflation, binary)
+
+    def replay(self, wait: Wait) -> None:
+        """What a history client gets before live messages: its replay, then the recovery or position.
+
+        The replay is read once Redis confirmed every subscription, so nothing published from then
+        on is missed; messages that arrive meanwhile wait, and the :class:`Seam` drops those the
+        replay had.
+        """
+        held = self._confirm_subscriptions(wait)
+        entries, event, offsets = self.history.replay(self.subscriber.connection)
+        for label, offset, binary, data in entries:
+            self.send(self.frame(message_event(label, offset, binary, data)))
+        self.send(self.frame(event))
+        self.seam = Seam(self.labels, offsets)
+        for reply in held:
+            self._deliver(reply)
+
+    def _confirm_subscriptions(self, wait: Wait) -> list[Any]:
+        """Read until Redis confirmed every channel; returns the messages read meanwhile."""
+        waiting = set(self.labels)
+        held = []
+        descriptor = self.subscriber.get_file_descriptor()
+        deadline = time.monotonic() + constants.HUB_SUBSCRIBE_TIMEOUT
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise redis.TimeoutError("Redis did not confirm the subscriptions in time")
+            if descriptor not in wait([descriptor], remaining):
+                continue
+            for reply in self.subscriber.parse_responses():
+                if _kind(reply) == b"subscribe":
+                    waiting.discard(as_bytes(reply[1]))
+                else:
+                    held.append(reply)
+        return held
 
     def send(self, frame: bytes) -> None:
         self.websocket.send_frame(frame)
@@ -174,14 +221,30 @@ class _Relay:
 
     def _deliver_buffered(self) -> None:
         """Deliver every message Redis has buffered, not only the first."""
-        echo_filter = self.echo_filter
         for reply in self.subscriber.parse_responses():
-            payload = _payload(reply)
-            if payload is None or not forwarded(payload, self.heartbeat):
-                continue  # subscribe confirmations, heartbeats, empty messages
-            if echo_filter is not None and echo_filter.is_echo(_text(reply[-2]), payload):
-                continue
-            self.send(self.frame(payload))
+            self._deliver(reply)
+
+    def _deliver(self, reply: Any) -> None:
+        payload = _payload(reply)
+        if payload is None:
+            return  # subscribe confirmations and the like
+        channel = as_bytes(reply[-2])
+        offset = binary = None
+        label = self.labels.get(channel)
+        if label is not None:
+            offset, binary, payload = unwrap(payload)
+        if not forwarded(payload, self.heartbeat):
+            return  # heartbeats, empty messages
+        name = channel.decode("utf-8", "replace")
+        if self.echo_filter is not None and self.echo_filter.is_echo(name, payload):
+            return
+        if self.seam is not None and self.seam.replayed(name, offset):
+            return
+        if self.envelope and label is not None:
+            kind = (not validate_utf8(payload)) if binary is None else binary
+            self.send(self.frame(message_event(label, offset, kind, payload)))
+        else:
+            self.send(self.frame(payload, binary))
 
 
 def _payload(reply: Any) -> bytes | None:
@@ -191,5 +254,6 @@ def _payload(reply: Any) -> bytes | None:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def _kind(reply: Any) -> bytes:
+    kind = reply[0] if isinstance(reply, (list, tuple)) and reply else b""
+    return kind.encode() if isinstance(kind, str) else kind

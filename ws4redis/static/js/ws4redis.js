@@ -8,7 +8,9 @@
  *       receive_message: function (data) {},    // a string, or an ArrayBuffer / Blob for binary frames
  *       disconnected: function (evt) {},        // the socket closed; a reconnect is scheduled
  *       heartbeat_msg: {{ WS4REDIS_HEARTBEAT }}, // null, or the server's heartbeat string
- *       token: null                             // or function () { return a token or a Promise of one }
+ *       token: null,                            // or function () { return a token or a Promise of one }
+ *       history: false,                         // true: resume after a reconnect (WS4REDIS_HISTORY)
+ *       recovered: function (complete, evt) {}  // with history, after each reconnect
  *   });
  *   ws.send_message('hello');   // true when handed to the socket, false while disconnected
  *   ws.close();                 // close for good: no more reconnects
@@ -32,6 +34,16 @@
  *    sent as the query parameter 'token' (ws4redis.tokens): tokens are short-lived,
  *    and a reconnect hours later must not present an expired one. A token function
  *    that throws or rejects counts as a failed attempt and is retried with backoff.
+ *  - With history (the facility must keep one: WS4REDIS_HISTORY), the client asks
+ *    for messages in envelopes that carry each channel's offset, remembers the
+ *    newest offset of every channel, and reconnects with them ('since'): the
+ *    server first sends what was published while the client was away, in order,
+ *    then the live messages, none twice. recovered(complete, evt) follows every
+ *    reconnect: complete is false when the history no longer held everything
+ *    (trimmed or expired), and the page should fetch its state again.
+ *    receive_message still gets the bare message (binary ones as ArrayBuffer or
+ *    Blob), with {channel, offset} as a second argument. get_offsets() returns the
+ *    offsets, and the option since takes them back (after a page reload, say).
  */
 (function (root) {
     'use strict';
@@ -50,6 +62,9 @@
         max_missed_heartbeats: 3,
         binary_type: 'arraybuffer',
         token: null,
+        history: false,
+        since: null,
+        recovered: null,
         reconnect: true,
         reconnect_base_delay: 500,
         reconnect_max_delay: 30000,
@@ -67,6 +82,20 @@
         var exponent = Math.min(Math.max(attempt, 1) - 1, 30);
         var delay = Math.min(maxDelay, base * Math.pow(2, exponent));
         return delay / 2 + rnd() * delay / 2;
+    }
+
+    /* Stream offsets ('<ms>-<seq>') compare as number pairs, not as strings. */
+    function compareOffsets(a, b) {
+        var x = String(a).split('-'), y = String(b).split('-');
+        return (Number(x[0]) - Number(y[0])) || (Number(x[1]) - Number(y[1]));
+    }
+
+    function base64ToBytes(text) {
+        var raw = root.atob(text), bytes = new Uint8Array(raw.length);
+        for (var i = 0; i < raw.length; i++) {
+            bytes[i] = raw.charCodeAt(i);
+        }
+        return bytes;
     }
 
     function merge(defaults, options) {
@@ -97,6 +126,9 @@
         if (options.token !== undefined && options.token !== null && typeof options.token !== 'function') {
             throw new Error('WS4Redis: token must be a function returning a token (or a Promise of one)');
         }
+        if (options.since !== undefined && options.since !== null && typeof options.since !== 'object') {
+            throw new Error('WS4Redis: since must be an object of channel -> offset, as get_offsets() returns');
+        }
 
         var self = this;
         var opts = merge(DEFAULTS, options);
@@ -107,6 +139,16 @@
         var heartbeatTimer = null;
         var missedHeartbeats = 0;
         var closedByUser = false;
+        var offsets = {};  // channel -> newest offset seen (history)
+        var resuming = false;  // offsets came from a server: the next attempt asks for what it missed
+        if (opts.since) {
+            for (var label in opts.since) {
+                if (Object.prototype.hasOwnProperty.call(opts.since, label)) {
+                    offsets[label] = String(opts.since[label]);
+                    resuming = true;
+                }
+            }
+        }
 
         function log(text) {
             if (opts.debug && root.console) {
@@ -122,12 +164,38 @@
             return undefined;
         }
 
+        function withParameter(uri, parameter) {
+            return uri + (uri.indexOf('?') < 0 ? '?' : '&') + parameter;
+        }
+
+        /* The uri of the next attempt: with history, the offsets to resume from. */
+        function attemptUri() {
+            var uri = opts.uri;
+            if (opts.history) {
+                if (!/[?&]history(&|=|$)/.test(uri)) {
+                    uri = withParameter(uri, 'history');
+                }
+                if (resuming) {
+                    uri = withParameter(uri, 'since=' + encodeURIComponent(JSON.stringify(offsets)));
+                }
+            }
+            return uri;
+        }
+
+        function advance(label, offset) {
+            if (offset && (!offsets[label] || compareOffsets(offset, offsets[label]) > 0)) {
+                offsets[label] = offset;
+            }
+            resuming = true;
+        }
+
         function connect() {
             reconnectTimer = null;
             call('connecting', attempts + 1);
-            log('connecting to ' + opts.uri);  // never with the token: it is a credential
+            var uri = attemptUri();
+            log('connecting to ' + uri);  // never with the token: it is a credential
             if (typeof opts.token !== 'function') {
-                open(opts.uri);
+                open(uri);
                 return;
             }
             var pending;
@@ -139,8 +207,7 @@
             }
             root.Promise.resolve(pending).then(function (token) {
                 if (!closedByUser) {
-                    var separator = opts.uri.indexOf('?') < 0 ? '?' : '&';
-                    open(opts.uri + separator + 'token=' + encodeURIComponent(token));
+                    open(withParameter(uri, 'token=' + encodeURIComponent(token)));
                 }
             }, noToken);
         }
@@ -217,7 +284,43 @@
             if (opts.heartbeat_msg !== null && evt.data === opts.heartbeat_msg) {
                 return;
             }
+            if (opts.history && typeof evt.data === 'string') {
+                onEnvelope(evt.data);
+                return;
+            }
             call('receive_message', evt.data);
+        }
+
+        /* A history envelope: a message with its offset, or where the channels stand. */
+        function onEnvelope(text) {
+            var envelope;
+            try {
+                envelope = JSON.parse(text);
+            } catch (err) {
+                log('not a history envelope, passed on as it is: ' + err);
+                call('receive_message', text);
+                return;
+            }
+            var label;
+            if (envelope.event === 'message') {
+                advance(envelope.channel, envelope.offset);
+                var data = envelope.data;
+                if (envelope.binary) {
+                    var bytes = base64ToBytes(data);
+                    data = opts.binary_type === 'blob' ? new root.Blob([bytes]) : bytes.buffer;
+                }
+                call('receive_message', data, {channel: envelope.channel, offset: envelope.offset});
+            } else if (envelope.event === 'position' || envelope.event === 'recovery') {
+                for (label in envelope.offsets) {
+                    if (Object.prototype.hasOwnProperty.call(envelope.offsets, label)) {
+                        advance(label, envelope.offsets[label]);
+                    }
+                }
+                if (envelope.event === 'recovery') {
+                    log('recovered ' + envelope.missed + ' messages' + (envelope.recovered ? '' : ', history incomplete'));
+                    call('recovered', envelope.recovered, envelope);
+                }
+            }
         }
 
         function onError() {
@@ -274,6 +377,11 @@
         /* The WebSocket readyState (0 connecting, 1 open, 2 closing, 3 closed), as in 0.6.0. */
         this.get_state = function () {
             return ws ? ws.readyState : 3;
+        };
+
+        /* The newest offset of every channel (history): keep them to pass as since later. */
+        this.get_offsets = function () {
+            return merge({}, offsets);
         };
 
         /* Whether a message handed to send_message now would go out. */
