@@ -246,8 +246,11 @@ class WebSocketConnection:
             METRICS.echoes_suppressed += 1
             return False
         floors = self._floors
-        if floors is not None and floors.replayed(channel, offset):
-            return False
+        if floors is not None:
+            if floors.replayed(channel, offset):
+                return False
+            if not floors.open:
+                self._floors = None  # every channel is past its replay: no more looking
         held = self._held
         if held is not None:
             held.append((frame, channel, offset))
