@@ -31,7 +31,13 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 sys.path[:0] = [str(ROOT), str(PROJECT)]
 
-from chatserver.redis_address import ENV_VAR, RedisAddress, redis_address_from_env  # noqa: E402
+from chatserver.redis_address import (  # noqa: E402
+    CHAT_PREFIX,
+    ENV_VAR,
+    SESSION_PREFIX,
+    RedisAddress,
+    redis_address_from_env,
+)
 
 from ws4redis.embedded_redis import EmbeddedRedis, RedisUnavailable, redis_answers  # noqa: E402
 
@@ -64,7 +70,13 @@ def is_loopback(host: str) -> bool:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
+    """Whether a server could listen on ``host``:``port`` now (a listener there makes bind fail).
+
+    SO_REUSEADDR as runserver sets it, so that connections of an earlier run still in
+    TIME_WAIT do not count as the port being taken.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -75,7 +87,10 @@ def port_is_free(host: str, port: int) -> bool:
 def ensure_redis(address: RedisAddress) -> tuple[RedisAddress, EmbeddedRedis | None]:
     """Use the Redis answering at ``address`` or start one; return the address in use and what was started."""
     if redis_answers(address.host, address.port):
-        print(f"run.py: using the Redis at {address}", flush=True)
+        print(f"run.py: using the Redis at {address} (database {address.db}; the chat's keys start with "
+              f"{CHAT_PREFIX}: and its sessions with {SESSION_PREFIX}:; set {ENV_VAR} to use another)",
+              flush=True)
+        forget_earlier_messages(address)
         return address, None
     port = address.port if is_loopback(address.host) and port_is_free("127.0.0.1", address.port) else None
     server = EmbeddedRedis(port=port).start()
@@ -86,6 +101,26 @@ def ensure_redis(address: RedisAddress) -> tuple[RedisAddress, EmbeddedRedis | N
         flush=True,
     )
     return started, server
+
+
+def forget_earlier_messages(address: RedisAddress) -> None:
+    """Delete the chat messages an earlier run kept in this Redis, so a new page starts empty.
+
+    Only the example's own keys (WS4REDIS_PREFIX of its settings) go; the sessions stay, so
+    a browser still logged in from the last run stays logged in.
+    """
+    import redis
+
+    client = redis.Redis(host=address.host, port=address.port, db=address.db, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{CHAT_PREFIX}:*", count=500))
+        if keys:
+            client.delete(*keys)
+            print(f"run.py: removed {len(keys)} chat message(s) an earlier run kept in Redis", flush=True)
+    except redis.RedisError as exc:
+        raise StartupError(f"the Redis at {address} answered PING but not SCAN/DEL: {exc}") from exc
+    finally:
+        client.close()
 
 
 def manage(*args: str, env: dict[str, str]) -> None:
@@ -178,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace, address: RedisAddress, cleanup: contextlib.ExitStack) -> int:
     """Everything between start-up and shutdown; ``cleanup`` stops what was started, newest first."""
+    if not port_is_free(args.bind, args.port):
+        raise StartupError(
+            f"port {args.port} on {args.bind} is already in use (another run.py, or another server): "
+            f"stop it, or choose another port with --port"
+        )
     try:
         address, redis_server = ensure_redis(address)
     except RedisUnavailable as exc:
@@ -192,6 +232,9 @@ def serve(args: argparse.Namespace, address: RedisAddress, cleanup: contextlib.E
     runserver = start_runserver(args.bind, args.port, env, reload=args.reload)
     cleanup.callback(stop_process_group, runserver)
     wait_for_port(runserver, args.bind, args.port)
+    time.sleep(0.2)  # a runserver that lost the port race exits right after binding fails
+    if runserver.poll() is not None:
+        raise StartupError(f"runserver exited with code {runserver.returncode}: is port {args.port} taken?")
     host = "localhost" if is_loopback(args.bind) or args.bind in ("0.0.0.0", "::") else args.bind
     print(f"run.py: serving the chat at http://{host}:{args.port}/chat/ (Ctrl-C to stop)", flush=True)
     return runserver.wait()

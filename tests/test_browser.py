@@ -75,6 +75,7 @@ def browser_driver():
     for flag in CHROME_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for get_log
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_script_timeout(WAIT)
     try:
@@ -201,6 +202,58 @@ def test_chat_in_two_windows_and_reconnect_after_server_restart(browser, example
 
     browser.close()
     browser.switch_to.window(first.handle)
+
+
+def test_the_user_chat_says_why_a_message_was_not_sent(browser, example_server):
+    """The server's own refusal, a lost login and an unreachable server each read as what they are,
+    the badge counts down to the next attempt, and no promise is left rejected in the console."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{example_server.base_url}/accounts/login/")
+    browser.find_element(By.NAME, "username").send_keys("john")
+    browser.find_element(By.NAME, "password").send_keys("john")
+    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    wait_until(browser, lambda driver: driver.current_url.endswith("/userchat/"), "john was not logged in")
+    page = ChatWindow(browser, browser.current_window_handle)
+    page.wait_connected(1)
+    browser.get_log("browser")  # what came before is not this test's
+
+    def send(text: str) -> None:
+        field = browser.find_element(By.ID, "text_message")
+        field.clear()
+        field.send_keys(text)
+        browser.find_element(By.ID, "send_message").click()
+
+    def shown(expected: str) -> None:
+        wait_until(browser, lambda driver: expected in driver.find_element(By.ID, "send-error").text,
+                   f"the page did not say {expected!r}")
+
+    def badge() -> tuple[str, str]:
+        element = browser.find_element(By.ID, "ws-status")
+        return element.get_attribute("data-state"), element.text
+
+    browser.execute_script(
+        "var option = new Option('nobody', 'user:nobody'), select = document.getElementById('recipient');"
+        "select.add(option); select.value = 'user:nobody';"
+    )
+    send("to nobody")
+    shown("Not sent: no such recipient: 'user:nobody'")
+    assert badge()[0] == "connected"
+
+    browser.delete_cookie("sessionid")
+    send("after the session is gone")
+    shown("You were logged out: reload the page to log in again.")
+
+    example_server.stop()
+    try:
+        wait_until(browser, lambda _: badge()[1].startswith("disconnected, reconnecting in "),
+                   "the badge did not count down to the next attempt")
+        send("while the server is away")
+        shown("Cannot reach the server: the message was not sent.")
+    finally:
+        example_server.start()
+    uncaught = [entry["message"] for entry in browser.get_log("browser") if "Uncaught" in entry["message"]]
+    assert not uncaught, uncaught
 
 
 def test_example_server_answers_heartbeats(browser, example_server):

@@ -202,7 +202,8 @@ def test_login_and_messages_to_a_user_and_a_group(run_py):
 
     mary = Browser(base_url(run_py))
     status, _, body = mary.login("mary", "not her password")
-    assert "did not match" in body
+    # One message, Django's, not a second one of the template's beside it.
+    assert "Please enter a correct username and password" in body and body.count("error") == 1, body
     status, url, _ = mary.login("mary", "mary")
     assert url.endswith("/userchat/"), url
 
@@ -232,6 +233,65 @@ def test_login_and_messages_to_a_user_and_a_group(run_py):
 
     status, _, answer = mary.post("/userchat/", {"to": "user:nobody", "message": "hi"})
     assert status == 400 and "no such recipient" in json.loads(answer)["error"]
+
+
+def run_again(run_py: RunPy, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """run.py once more, on the first one's Redis, until it exits (or is stopped after a while)."""
+    env = dict(os.environ)
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env["WS4REDIS_EXAMPLE_REDIS"] = f"127.0.0.1:{run_py.redis_port}"
+    env["CHATSERVER_DB"] = str(tmp_path / "db.sqlite3")
+    return subprocess.run([sys.executable, str(RUN_PY), *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=STARTUP_TIMEOUT)
+
+
+def test_a_second_run_on_a_taken_port_says_so_instead_of_serving(run_py, tmp_path):
+    chat = redis.Redis(port=run_py.redis_port)
+    try:
+        chat.set("chatdemo:broadcast:chat", "kept by the first run")
+        second = run_again(run_py, tmp_path, "--port", str(run_py.port))
+        assert second.returncode == 1, second
+        assert f"port {run_py.port} on 127.0.0.1 is already in use" in second.stderr, second
+        assert "serving" not in second.stdout
+        assert chat.get("chatdemo:broadcast:chat") == b"kept by the first run", "the first run is left alone"
+    finally:
+        chat.close()
+
+
+def test_a_run_on_an_existing_redis_names_it_and_starts_without_old_messages(run_py, tmp_path):
+    """Another run.py finds the first one's Redis: it says which database and keys it uses, and the
+    chat messages kept there by the earlier run are gone, so a new page starts empty."""
+    chat = redis.Redis(port=run_py.redis_port)
+    try:
+        chat.set("chatdemo:broadcast:chat", "stale")
+        chat.set("other:key", "not the example's")
+        process = subprocess.Popen(
+            [sys.executable, str(RUN_PY), "--port", str(free_port())], cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env={**{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+                 "WS4REDIS_EXAMPLE_REDIS": f"127.0.0.1:{run_py.redis_port}",
+                 "CHATSERVER_DB": str(tmp_path / "db.sqlite3")},
+        )
+        try:
+            lines = []
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while not any("serving the chat" in line for line in lines) and time.monotonic() < deadline:
+                line = process.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+        finally:
+            stop_process(process, TIMEOUT)
+        output = "".join(lines)
+        assert f"using the Redis at 127.0.0.1:{run_py.redis_port}/0 (database 0; the chat's keys start " \
+               "with chatdemo:" in output, output
+        removed = re.search(r"removed (\d+) chat message\(s\) an earlier run kept in Redis", output)
+        assert removed and int(removed.group(1)) >= 1, output
+        assert "serving the chat" in output, output
+        assert chat.get("chatdemo:broadcast:chat") is None and chat.get("other:key") == b"not the example's"
+    finally:
+        chat.delete("other:key")
+        chat.close()
 
 
 def test_sigterm_stops_run_py_and_its_redis(run_py):

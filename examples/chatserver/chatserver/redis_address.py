@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 ENV_VAR = "WS4REDIS_EXAMPLE_REDIS"
 DEFAULT = "127.0.0.1:6379"
+CHAT_PREFIX = "chatdemo"  # WS4REDIS_PREFIX: every channel and kept message of the chat
+SESSION_PREFIX = "chatserver"  # the cache's KEY_PREFIX: the sessions
 
 
 class RedisAddress(NamedTuple):

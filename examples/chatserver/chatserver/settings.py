@@ -7,7 +7,7 @@ Redis is found through ``WS4REDIS_EXAMPLE_REDIS`` (see redis_address.py);
 import os
 from pathlib import Path
 
-from chatserver.redis_address import redis_address_from_env
+from chatserver.redis_address import CHAT_PREFIX, SESSION_PREFIX, redis_address_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 REDIS = redis_address_from_env()
@@ -80,7 +80,7 @@ CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS.url,
-        "KEY_PREFIX": "chatserver",
+        "KEY_PREFIX": SESSION_PREFIX,
     }
 }
 
@@ -111,7 +111,7 @@ WEBSOCKET_URL = "/ws/"
 WS4REDIS_CONNECTION = {"host": REDIS.host, "port": REDIS.port, "db": REDIS.db}
 # Keep the last message of every channel for an hour: a page opened later shows it.
 WS4REDIS_EXPIRE = 3600
-WS4REDIS_PREFIX = "chatdemo"
+WS4REDIS_PREFIX = CHAT_PREFIX
 WS4REDIS_HEARTBEAT = "--heartbeat--"
 
 LOGGING = {

@@ -7,6 +7,7 @@
  *       connected: function () {},              // the socket is open
  *       receive_message: function (data) {},    // a string, or an ArrayBuffer / Blob for binary frames
  *       disconnected: function (evt) {},        // the socket closed; a reconnect is scheduled
+ *       reconnecting: function (delay, attempt) {}, // that reconnect, in delay ms (attempt 2, 3, ...)
  *       heartbeat_msg: {{ WS4REDIS_HEARTBEAT }}, // null, or the server's heartbeat string
  *       token: null,                            // or function () { return a token or a Promise of one }
  *       history: false,                         // true: resume after a reconnect (WS4REDIS_HISTORY)
@@ -57,6 +58,7 @@
         connected: null,
         receive_message: null,
         disconnected: null,
+        reconnecting: null,
         heartbeat_msg: null,
         heartbeat_interval: 5000,
         max_missed_heartbeats: 3,
@@ -350,6 +352,7 @@
             var delay = reconnectDelay(attempts, opts.reconnect_base_delay, opts.reconnect_max_delay);
             log('reconnecting in ' + Math.round(delay) + ' ms');
             reconnectTimer = root.setTimeout(connect, delay);
+            call('reconnecting', delay, attempts + 1);
         }
 
         /* Send a text (string) or binary (ArrayBuffer, typed array, Blob) message. */

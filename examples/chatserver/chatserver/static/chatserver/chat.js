@@ -24,15 +24,18 @@
 
     function showError(text) {
         var box = doc.getElementById('send-error');
-        if (box) {
-            box.textContent = text;
-            box.hidden = !text;
-        } else if (text) {
-            append(text, 'error');
-        }
+        box.textContent = text;
+        box.hidden = !text;
     }
 
-    /* Run send(form) on submit; keep the typed text unless it was sent. */
+    var CANNOT_REACH = 'Cannot reach the server: the message was not sent. The page reconnects by itself; ' +
+        'try again in a moment.';
+    var LOGGED_OUT = 'You were logged out: reload the page to log in again. The message was not sent.';
+
+    /*
+     * Run send(form) on submit. send returns (or resolves to) null when the message went out, or
+     * the reason it did not, which is shown as it is; the typed text stays until it was sent.
+     */
     function onSubmit(form, send) {
         form.addEventListener('submit', function (evt) {
             evt.preventDefault();
@@ -40,18 +43,32 @@
             if (!input.value.trim()) {
                 return;
             }
-            Promise.resolve(send(form)).then(function (sent) {
-                if (sent) {
+            Promise.resolve().then(function () {
+                return send(form);
+            }).then(function (problem) {
+                if (problem) {
+                    showError(problem);
+                } else {
                     input.value = '';
                     showError('');
-                } else {
-                    showError('Not connected: the message was not sent, try again in a moment.');
                 }
+            }, function (err) {
+                showError('The message was not sent: ' + err);
             });
         });
     }
 
-    /* POST the form to its action with fetch; resolve to whether the server accepted it. */
+    /* send for a websocket: null when handed to the socket, else why not. */
+    function sendOver(ws4redis) {
+        return function (form) {
+            return ws4redis.send_message(form.elements.message.value) ? null : CANNOT_REACH;
+        };
+    }
+
+    /*
+     * POST the form to its action; resolve to null when the server took the message, else to
+     * what went wrong in words: the server's own error, a lost login, an unreachable server.
+     */
     function postForm(form) {
         return root.fetch(form.action, {
             method: 'POST',
@@ -59,21 +76,51 @@
             credentials: 'same-origin',
             headers: {'Accept': 'application/json'}
         }).then(function (response) {
+            if (response.redirected) {
+                return LOGGED_OUT;  // login_required sent the request to the login page
+            }
+            var type = response.headers.get('Content-Type') || '';
+            if (type.indexOf('application/json') < 0) {
+                return response.status === 403
+                    ? 'The server refused the message (403, the page is too old?): reload the page.'
+                    : 'The server answered ' + response.status + ' ' + response.statusText + '.';
+            }
             return response.json().then(function (body) {
-                if (!response.ok) {
-                    showError(body.error || ('the server answered ' + response.status));
-                    return false;
-                }
-                return true;
+                return response.ok ? null : 'Not sent: ' + (body.error || 'the server answered ' + response.status);
             });
+        }, function () {
+            return CANNOT_REACH;
         });
+    }
+
+    /* The badge counts down while a reconnect is pending: "reconnecting in 3 s…". */
+    var countdown = null;
+
+    function stopCountdown() {
+        if (countdown !== null) {
+            root.clearInterval(countdown);
+            countdown = null;
+        }
+    }
+
+    function reconnecting(delay) {
+        stopCountdown();
+        var due = Date.now() + delay;
+        function show() {
+            var seconds = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+            status('reconnecting', 'disconnected, reconnecting in ' + seconds + ' s\u2026');
+        }
+        show();
+        countdown = root.setInterval(show, 250);
     }
 
     root.ChatUI = {
         append: append,
         onSubmit: onSubmit,
         postForm: postForm,
+        sendOver: sendOver,
         connecting: function (attempt) {
+            stopCountdown();
             status('connecting', attempt > 1 ? 'reconnecting (attempt ' + attempt + ')\u2026' : 'connecting\u2026');
         },
         connected: function () {
@@ -82,6 +129,7 @@
             badge.dataset.connections = String(Number(badge.dataset.connections || 0) + 1);
             status('connected', 'connected');
         },
-        disconnected: function () { status('disconnected', 'disconnected'); }
+        disconnected: function () { status('disconnected', 'disconnected'); },
+        reconnecting: reconnecting
     };
 }(window));
