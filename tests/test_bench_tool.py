@@ -363,3 +363,110 @@ def test_history_runs_publish_through_the_script_and_read_envelopes(redis_server
         assert client.xlen("{broadcast:bench-history}:history") >= 100
     finally:
         client.close()
+
+
+# TLS, output formats, the plot ---------------------------------------------------------------------
+
+
+@contextmanager
+def tls_in_front_of(port: int, ca) -> Iterator[int]:
+    """A TLS-terminating proxy on 127.0.0.1 (certificate for 127.0.0.1 from ``ca``) to ``port``."""
+    import asyncio
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ready = threading.Event()
+    state: dict = {}
+
+    async def pipe(reader, writer) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(client_reader, client_writer) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+        state["port"] = server.sockets[0].getsockname()[1]
+        state["stop"] = asyncio.get_running_loop().create_future()
+        ready.set()
+        async with server:
+            await state["stop"]
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the TLS proxy did not start"
+    try:
+        yield state["port"]
+    finally:
+        loop.call_soon_threadsafe(state["stop"].set_result, None)
+        thread.join(10)
+
+
+def test_wss_is_measured_through_tls_with_the_servers_ca(gevent_server, redis_server, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with tls_in_front_of(gevent_server.port, ca) as tls_port:
+        url = f"wss://127.0.0.1:{tls_port}/ws/bench-tls?subscribe-broadcast"
+        report, _ = bench(url, "--redis", redis_server.url, "-n", "5", "-m", "20", "--ca-file", str(ca_file))
+        assert report["delivered"] == report["expected"] == 100 and report["errors"] == 0, report
+        refused, _ = bench(url, "--redis", redis_server.url, "-n", "2", "-m", "5", expect_status=1)
+        assert refused["connected"] == 0
+        assert all("certificate verify failed" in kind for kind in refused["error_kinds"]), refused
+        unchecked, _ = bench(url, "--redis", redis_server.url, "-n", "2", "-m", "5", "--insecure")
+        assert unchecked["delivered"] == 10 and unchecked["errors"] == 0
+
+
+def test_ca_options_need_a_wss_url():
+    assert "--ca-file and --insecure are for wss://" in bench_usage_error(
+        "ws://127.0.0.1:1/ws/x", "--mode", "echo", "--insecure")
+
+
+def test_csv_has_a_header_and_one_row_of_figures(gevent_server, redis_server):
+    import csv
+    import io
+
+    result = subprocess.run(
+        [sys.executable, "-m", "ws4redis.bench", gevent_server.url("/ws/bench-csv?subscribe-broadcast"),
+         "--redis", redis_server.url, "-n", "4", "-m", "25", "--csv"],
+        cwd=ROOT, capture_output=True, text=True, timeout=BENCH_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    header, row, *rest = list(csv.reader(io.StringIO(result.stdout)))
+    figures = dict(zip(header, row, strict=True))
+    assert not rest and figures["delivered"] == "100" and figures["lost"] == "0"
+    assert float(figures["latency_ms.p99"]) >= float(figures["latency_ms.p50"]) > 0
+    assert "timeline" not in header
+
+
+def test_the_timeline_adds_up_and_the_plot_is_drawn(gevent_server, redis_server, tmp_path):
+    png, page = tmp_path / "run.png", tmp_path / "run.html"
+    url = gevent_server.url("/ws/bench-plot?subscribe-broadcast")
+    report, _ = bench(url, "--redis", redis_server.url, "-n", "10", "-m", "300", "--rate", "600",
+                      "--plot", str(png))
+    timeline = report["timeline"]
+    assert len(timeline) >= 5, timeline
+    step = timeline[1]["t"] - timeline[0]["t"]
+    assert sum(row["delivered_per_second"] * step for row in timeline) == pytest.approx(3000, rel=0.01)
+    assert all(row["p50"] <= row["p99"] for row in timeline)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    bench(url, "--redis", redis_server.url, "-n", "2", "-m", "20", "--plot", str(page))
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<svg" in text
+
+
+def test_a_plot_file_of_another_kind_is_refused():
+    assert "--plot writes .png, .svg, .html files" in bench_usage_error(
+        "ws://127.0.0.1:1/ws/x", "--mode", "echo", "--plot", "out.jpg")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import importlib.util
+import io
 import json
 import resource
 import sys
+import time
 from collections.abc import Callable
 
 from ws4redis.bench.client import HEADER_SIZE, PAYLOADS
+from ws4redis.bench.plot import FORMATS, missing_library, plot
 from ws4redis.bench.procstat import ProcessGone
 from ws4redis.bench.runner import Options, Progress, Run, check_options
 
@@ -136,7 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish as ws4redis does on a facility with WS4REDIS_HISTORY, and have the clients ask "
         "for history envelopes (the facility must keep a history)",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--ca-file", help="wss://: CA certificates (PEM) to check the server's with")
+    parser.add_argument("--insecure", action="store_true", help="wss://: check no certificate (testing only)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the report as JSON")
+    output.add_argument("--csv", action="store_true", help="print the report as CSV: a header and one row")
+    parser.add_argument(
+        "--plot", metavar="FILE",
+        help="draw throughput and latency over time into FILE (.png, .svg or .html; needs matplotlib)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-uvloop", action="store_true", help="use asyncio's own event loop")
     return parser
@@ -183,7 +195,15 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
         compression=args.compression,
         payload=args.payload,
         history=args.history,
+        ca_file=args.ca_file,
+        insecure=args.insecure,
     )
+    if args.plot:
+        if not args.plot.endswith(FORMATS):
+            parser.error(f"--plot writes {', '.join(FORMATS)} files, got {args.plot!r}")
+        problem = missing_library()
+        if problem:
+            parser.error(problem)
     try:
         check_options(options)
     except (ValueError, ProcessGone) as exc:
@@ -199,13 +219,19 @@ def raise_fd_limit(needed: int) -> None:
 
 
 async def draw_progress(progress: Progress) -> None:
+    """The phase, its progress and, while messages flow, the rate of the last interval."""
+    last_done, last_time = 0, time.monotonic()
     while True:
         await asyncio.sleep(PROGRESS_INTERVAL)
+        now = time.monotonic()
         total = progress.total or 1
         filled = min(BAR_WIDTH, BAR_WIDTH * progress.done // total)
+        rate = (progress.done - last_done) / (now - last_time) if progress.done >= last_done else 0.0
+        last_done, last_time = progress.done, now
+        flowing = progress.phase in ("publish", "echo", "drain")
         sys.stderr.write(
             f"\r{progress.phase:>8} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-            f"{progress.done:,}/{progress.total:,}   "
+            f"{progress.done:,}/{progress.total:,}" + (f"  {rate:,.0f}/s" if flowing else "") + "   "
         )
         sys.stderr.flush()
 
@@ -272,6 +298,29 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def flatten(report: dict, prefix: str = "") -> dict[str, object]:
+    """The report's figures as one level of ``name.sub`` columns (the timeline stays out)."""
+    columns: dict[str, object] = {}
+    for name, value in report.items():
+        if name == "timeline":
+            continue
+        if isinstance(value, dict):
+            columns.update(flatten(value, f"{prefix}{name}."))
+        else:
+            columns[f"{prefix}{name}"] = value
+    return columns
+
+
+def format_csv(report: dict) -> str:
+    """The report as CSV: a header row and one row of figures, for spreadsheets and scripts."""
+    columns = flatten(report)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    writer.writerow(columns.values())
+    return buffer.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ws4redis-bench`` console script."""
     from ws4redis.speedups import COMPILED
@@ -290,5 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     report.setdefault("client", {}).update(loop=loop_name, compiled=COMPILED)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.plot:
+        plot([(report["url"], report)], args.plot)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif args.csv:
+        print(format_csv(report), end="")
+    else:
+        print(format_report(report))
     return 0 if report["lost"] == 0 and report["errors"] == 0 and report["connected"] else 1

@@ -29,6 +29,7 @@ import base64
 import json
 import os
 import random
+import ssl
 import zlib
 from time import monotonic_ns
 from urllib.parse import urlsplit
@@ -103,15 +104,24 @@ class Target:
     """Where the clients connect: host, port and the upgrade request for client ``i``."""
 
     def __init__(self, url: str, headers: list[str] | None = None, compression: bool = False,
-                 history: bool = False) -> None:
+                 history: bool = False, ca_file: str | None = None, insecure: bool = False) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "ws":
-            raise ValueError(f"URL must start with ws:// (TLS is not supported), got {url!r}")
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"URL must start with ws:// or wss://, got {url!r}")
         if not parts.hostname:
             raise ValueError(f"URL has no host: {url!r}")
         self.url = url
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if parts.scheme == "wss" else 80)
+        # TLS for wss://: the system's CAs, or those of ca_file; insecure checks no certificate.
+        self.ssl: ssl.SSLContext | None = None
+        if parts.scheme == "wss":
+            self.ssl = ssl.create_default_context(cafile=ca_file)
+            if insecure:
+                self.ssl.check_hostname = False
+                self.ssl.verify_mode = ssl.CERT_NONE
+        elif ca_file or insecure:
+            raise ValueError("--ca-file and --insecure are for wss:// URLs")
         query = "&".join(part for part in (parts.query, "history" if history else "") if part)
         self.path = (parts.path or "/") + (f"?{query}" if query else "")
         self.history = history  # the clients get history envelopes (JSON) and take the message out
@@ -240,6 +250,7 @@ class BenchClient(asyncio.Protocol):
                     continue
                 seen[seq] = 1
                 stats.latencies.append(now - sent)
+                stats.arrivals.append(now)
                 delivered += 1
                 if seq == self.waiting_seq:
                     self.waiting_seq = -1

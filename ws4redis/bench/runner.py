@@ -68,6 +68,8 @@ class Options:
     # Publish as ws4redis does on a facility with WS4REDIS_HISTORY (the stream entry and the
     # publication in one script), and have the clients ask for history envelopes.
     history: bool = False
+    ca_file: str | None = None  # wss://: the CA certificates to check the server's with
+    insecure: bool = False  # wss://: check no certificate
 
     def effective_window(self) -> int:
         """Messages the publisher may have in flight; 0 means unlimited.
@@ -113,7 +115,7 @@ def broker_client(options: Options) -> Any:
 
 def check_options(options: Options) -> None:
     """Raise ValueError (or ProcessGone) for options that cannot work, before any connection is made."""
-    Target(options.url)
+    Target(options.url, ca_file=options.ca_file, insecure=options.insecure)
     split_envelope(options.envelope)
     padding(options.size, options.payload)
     if options.server_pid:
@@ -137,7 +139,7 @@ class Run:
         self.stats = Stats()
         self.progress = progress or Progress()
         self.target = Target(options.url, list(options.headers), compression=options.compression,
-                             history=options.history)
+                             history=options.history, ca_file=options.ca_file, insecure=options.insecure)
         self.padding = padding(options.size, options.payload)
         self.clients: list[BenchClient] = []
         self.server = ProcessTree(options.server_pid) if options.server_pid else None
@@ -181,6 +183,7 @@ class Run:
                 await redis.aclose()
             await self._close()
         summary = self._summary(published=published, elapsed=elapsed)
+        summary["timeline"] = stats.timeline(started_ns)
         summary["client"] = {"cpu_seconds": client_cpu}
         # Bytes read by the clients over the publish/echo phase: what compression is about.
         summary["wire_bytes"] = wire_bytes
@@ -203,7 +206,9 @@ class Run:
     # phases
 
     async def _open(self, loop: asyncio.AbstractEventLoop, client: BenchClient) -> None:
-        await loop.create_connection(lambda: client, self.target.host, self.target.port)
+        target = self.target
+        await loop.create_connection(lambda: client, target.host, target.port, ssl=target.ssl,
+                                     server_hostname=target.host if target.ssl else None)
         await client.handshake
 
     async def _connect(self) -> None:

@@ -7,6 +7,7 @@ from array import array
 from collections import Counter
 
 PERCENTILES = (50, 90, 99)
+TIMELINE_POINTS = 60
 
 
 class Stats:
@@ -19,6 +20,7 @@ class Stats:
 
     def __init__(self) -> None:
         self.latencies = array("q")
+        self.arrivals = array("q")  # when each delivery was read (monotonic ns), beside its latency
         self.delivered = 0
         self.duplicates = 0
         self.foreign = 0  # messages that were not sent by this benchmark
@@ -46,3 +48,26 @@ class Stats:
             summary[f"p{pct}"] = samples[rank - 1] / 1e6
         summary["max"] = samples[-1] / 1e6
         return summary
+
+    def timeline(self, start_ns: int, points: int = TIMELINE_POINTS) -> list[dict[str, float]]:
+        """Deliveries per second and latency percentiles over time, from ``start_ns`` on.
+
+        The run is cut into about ``points`` equal intervals (at least 10 ms each); each row
+        gives its start (seconds into the run), its deliveries per second and its p50/p99 in ms.
+        """
+        if not self.arrivals:
+            return []
+        end_ns = max(self.arrivals)
+        step = max(10_000_000, -(-(end_ns - start_ns) // points))
+        buckets: dict[int, list[int]] = {}
+        for arrived, latency in zip(self.arrivals, self.latencies, strict=True):
+            buckets.setdefault(max(0, arrived - start_ns) // step, []).append(latency)
+        rows = []
+        for index in sorted(buckets):
+            samples = sorted(buckets[index])
+            count = len(samples)
+            row = {"t": index * step / 1e9, "delivered_per_second": count / (step / 1e9)}
+            for pct in PERCENTILES:
+                row[f"p{pct}"] = samples[max(1, -(-pct * count // 100)) - 1] / 1e6
+            rows.append(row)
+        return rows
