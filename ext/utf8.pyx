@@ -11,16 +11,42 @@ from libc.stdint cimport uint64_t
 
 from wscore cimport (
     WS_UTF8_ACCEPT_BITS,
+    WS_UTF8_IMPLS,
     PyBuffer_Release,
     acquire_read,
     ws_utf8_accepting,
+    ws_utf8_impl,
+    ws_utf8_impl_names,
     ws_utf8_init,
     ws_utf8_rejected,
     ws_utf8_scan,
+    ws_utf8_select,
+    ws_utf8_supported,
     ws_utf8_valid,
 )
 
 ws_utf8_init()
+
+
+def implementations() -> list:
+    """The scanners this processor runs, slowest first (``base``, then ``bmi2``, ``avx2`` on x86-64)."""
+    return [ws_utf8_impl_names[impl].decode() for impl in range(WS_UTF8_IMPLS) if ws_utf8_supported(impl)]
+
+
+def implementation() -> str:
+    """The scanner in use by this module: the fastest one, unless ``use`` chose another."""
+    return ws_utf8_impl_names[ws_utf8_impl].decode()
+
+
+def use(name: str) -> None:
+    """Switch this module to the scanner ``name`` (the tests compare every one with the others).
+
+    ValueError when this processor cannot run it. The frame parser keeps its own choice.
+    """
+    for impl in range(WS_UTF8_IMPLS):
+        if ws_utf8_impl_names[impl].decode() == name and ws_utf8_select(impl):
+            return
+    raise ValueError(f"no UTF-8 scanner {name!r} on this processor; it runs {implementations()}")
 
 
 def validate_utf8(data) -> bool:

@@ -14,6 +14,13 @@
  *   are tested for the high bit and skipped.
  * - two interleaved halves for non-ASCII text (see ws_utf8_scan_generic) and
  *   a BMI2 build picked at run time on x86-64.
+ * - on x86-64 processors with AVX2, long runs of text are checked 32 bytes per
+ *   step with the lookup algorithm of Keiser and Lemire ("Validating UTF-8 In
+ *   Less Than One Instruction Per Byte", Software: Practice and Experience,
+ *   2021): three 16-entry table lookups classify every byte pair, and two
+ *   shifted copies of the input check the lengths of 3- and 4-byte sequences
+ *   (see ws_utf8_scan_avx2). The automaton keeps the state between calls and
+ *   finds the exact index of a bad byte.
  *
  * Shared by ext/utf8.pyx and ext/frames.pyx. Every read is bounded by ``n``.
  */
@@ -34,6 +41,8 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define WS_UTF8_BMI2 1
+#define WS_UTF8_AVX2 1
+#include <immintrin.h>
 #endif
 
 #define WS_UTF8_BITS 6
@@ -96,8 +105,60 @@ static size_t ws_utf8_scan_base(uint64_t *state, const unsigned char *p, size_t 
 #ifdef WS_UTF8_BMI2
 static size_t ws_utf8_scan_bmi2(uint64_t *state, const unsigned char *p, size_t n);
 #endif
+#ifdef WS_UTF8_AVX2
+static size_t ws_utf8_scan_avx2(uint64_t *state, const unsigned char *p, size_t n);
+#endif
 
-/* Fill the packed table and pick the scanner for this processor; called once
+/* The scanners, slowest first: ws_utf8_select picks one by index. */
+enum { WS_UTF8_IMPL_BASE = 0, WS_UTF8_IMPL_BMI2 = 1, WS_UTF8_IMPL_AVX2 = 2, WS_UTF8_IMPLS = 3 };
+static const char *const ws_utf8_impl_names[WS_UTF8_IMPLS] = {"base", "bmi2", "avx2"};
+static int ws_utf8_impl = WS_UTF8_IMPL_BASE;
+
+/* Whether this processor (and build) can run scanner ``impl``. */
+static inline int ws_utf8_supported(int impl)
+{
+    switch (impl) {
+    case WS_UTF8_IMPL_BASE:
+        return 1;
+#ifdef WS_UTF8_BMI2
+    case WS_UTF8_IMPL_BMI2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("bmi2");
+#endif
+#ifdef WS_UTF8_AVX2
+    case WS_UTF8_IMPL_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+#endif
+    default:
+        return 0;
+    }
+}
+
+/* Use scanner ``impl`` from now on; 0 (and no change) when this processor cannot run it. */
+static inline int ws_utf8_select(int impl)
+{
+    if (impl < 0 || impl >= WS_UTF8_IMPLS || !ws_utf8_supported(impl))
+        return 0;
+    switch (impl) {
+#ifdef WS_UTF8_BMI2
+    case WS_UTF8_IMPL_BMI2:
+        ws_utf8_scan_impl = ws_utf8_scan_bmi2;
+        break;
+#endif
+#ifdef WS_UTF8_AVX2
+    case WS_UTF8_IMPL_AVX2:
+        ws_utf8_scan_impl = ws_utf8_scan_avx2;
+        break;
+#endif
+    default:
+        ws_utf8_scan_impl = ws_utf8_scan_base;
+    }
+    ws_utf8_impl = impl;
+    return 1;
+}
+
+/* Fill the packed table and pick the fastest scanner this processor runs; called once
  * at module import (idempotent). */
 static inline void ws_utf8_init(void)
 {
@@ -107,12 +168,9 @@ static inline void ws_utf8_init(void)
             row |= (uint64_t)(ws_utf8_next(state, byte) * WS_UTF8_BITS) << (state * WS_UTF8_BITS);
         ws_utf8_rows[byte] = row;
     }
-    ws_utf8_scan_impl = ws_utf8_scan_base;
-#ifdef WS_UTF8_BMI2
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("bmi2"))
-        ws_utf8_scan_impl = ws_utf8_scan_bmi2;
-#endif
+    for (int impl = WS_UTF8_IMPLS - 1; impl >= 0; impl--)
+        if (ws_utf8_select(impl))
+            break;
 }
 
 static inline uint64_t ws_utf8_step(uint64_t state, unsigned char byte)
@@ -254,6 +312,167 @@ __attribute__((target("bmi2"))) WS_UNUSED static size_t ws_utf8_scan_bmi2(uint64
                                                                             const unsigned char *p, size_t n)
 {
     return ws_utf8_scan_generic(state, p, n);
+}
+#endif
+
+#ifdef WS_UTF8_AVX2
+/* Keiser-Lemire error bits: what a pair (previous byte, byte) can violate. */
+#define WS_TOO_SHORT (1 << 0)      /* 11______ 0_______ or 11______ 11______ */
+#define WS_TOO_LONG (1 << 1)       /* 0_______ 10______ */
+#define WS_OVERLONG_3 (1 << 2)     /* 11100000 100_____ */
+#define WS_TOO_LARGE (1 << 3)      /* 11110100 1001____, 11110100 101_____, 11110101.. 1001____ .. */
+#define WS_SURROGATE (1 << 4)      /* 11101101 101_____ */
+#define WS_OVERLONG_2 (1 << 5)     /* 1100000_ 10______ */
+#define WS_TOO_LARGE_1000 (1 << 6) /* 11110101 1000____, 1111011_ 1000____, 11111___ 1000____ */
+#define WS_OVERLONG_4 (1 << 6)     /* 11110000 1000____ */
+#define WS_TWO_CONTS (1 << 7)      /* 10______ 10______ */
+#define WS_CARRY (WS_TOO_SHORT | WS_TOO_LONG | WS_TWO_CONTS)
+
+#define WS_UTF8_CHUNK 32
+#define WS_UTF8_REGION 1024 /* bytes checked before the automaton takes over again */
+
+#define WS_TABLE16(a, b, c, d, e, f, g, h, i, j, k, l, m, n_, o, q) \
+    _mm256_setr_epi8((char)(a), (char)(b), (char)(c), (char)(d), (char)(e), (char)(f), (char)(g), (char)(h), \
+                     (char)(i), (char)(j), (char)(k), (char)(l), (char)(m), (char)(n_), (char)(o), (char)(q), \
+                     (char)(a), (char)(b), (char)(c), (char)(d), (char)(e), (char)(f), (char)(g), (char)(h), \
+                     (char)(i), (char)(j), (char)(k), (char)(l), (char)(m), (char)(n_), (char)(o), (char)(q))
+
+/* The error bits of every byte of ``input`` given the 32 bytes before it (zero: ASCII). */
+__attribute__((target("avx2"))) static inline __m256i ws_utf8_chunk_errors(__m256i input, __m256i previous)
+{
+    const __m256i low_nibble = _mm256_set1_epi8(0x0F);
+    /* The input shifted right by 1, 2 and 3 bytes across the 32-byte boundary. */
+    __m256i joined = _mm256_permute2x128_si256(previous, input, 0x21);
+    __m256i prev1 = _mm256_alignr_epi8(input, joined, 15);
+    __m256i prev2 = _mm256_alignr_epi8(input, joined, 14);
+    __m256i prev3 = _mm256_alignr_epi8(input, joined, 13);
+
+    __m256i byte_1_high = _mm256_shuffle_epi8(
+        WS_TABLE16(WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG,
+                   WS_TOO_LONG, WS_TWO_CONTS, WS_TWO_CONTS, WS_TWO_CONTS, WS_TWO_CONTS,
+                   WS_TOO_SHORT | WS_OVERLONG_2, WS_TOO_SHORT, WS_TOO_SHORT | WS_OVERLONG_3 | WS_SURROGATE,
+                   WS_TOO_SHORT | WS_TOO_LARGE | WS_TOO_LARGE_1000 | WS_OVERLONG_4),
+        _mm256_and_si256(_mm256_srli_epi16(prev1, 4), low_nibble));
+    __m256i byte_1_low = _mm256_shuffle_epi8(
+        WS_TABLE16(WS_CARRY | WS_OVERLONG_3 | WS_OVERLONG_2 | WS_OVERLONG_4, WS_CARRY | WS_OVERLONG_2, WS_CARRY,
+                   WS_CARRY, WS_CARRY | WS_TOO_LARGE, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000 | WS_SURROGATE,
+                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000),
+        _mm256_and_si256(prev1, low_nibble));
+    __m256i byte_2_high = _mm256_shuffle_epi8(
+        WS_TABLE16(WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT,
+                   WS_TOO_SHORT, WS_TOO_SHORT,
+                   WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_OVERLONG_3 | WS_TOO_LARGE_1000 | WS_OVERLONG_4,
+                   WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_OVERLONG_3 | WS_TOO_LARGE,
+                   WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_SURROGATE | WS_TOO_LARGE,
+                   WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_SURROGATE | WS_TOO_LARGE,
+                   WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT),
+        _mm256_and_si256(_mm256_srli_epi16(input, 4), low_nibble));
+    __m256i special = _mm256_and_si256(_mm256_and_si256(byte_1_high, byte_1_low), byte_2_high);
+
+    /* A third or fourth byte of a sequence must be a continuation: 0x80 where one is due. */
+    __m256i third = _mm256_subs_epu8(prev2, _mm256_set1_epi8((char)(0xE0 - 0x80)));
+    __m256i fourth = _mm256_subs_epu8(prev3, _mm256_set1_epi8((char)(0xF0 - 0x80)));
+    __m256i due = _mm256_and_si256(_mm256_or_si256(third, fourth), _mm256_set1_epi8((char)0x80));
+    return _mm256_xor_si256(due, special);
+}
+
+/* How many bytes the sequence that ``lead`` starts takes (1 for ASCII and stray bytes). */
+static inline size_t ws_utf8_sequence_length(unsigned char lead)
+{
+    if (lead < 0xC0)
+        return 1;
+    if (lead < 0xE0)
+        return 2;
+    if (lead < 0xF0)
+        return 3;
+    return 4;
+}
+
+/* Check p[start:end) (whole chunks, starting on a sequence boundary); return the end of the
+ * last complete sequence in it, or start - 1 (never a valid index) when something is wrong. */
+__attribute__((target("avx2"))) static inline size_t ws_utf8_region_avx2(const unsigned char *p, size_t start,
+                                                                        size_t end)
+{
+    __m256i previous = _mm256_setzero_si256();
+    __m256i errors = _mm256_setzero_si256();
+    for (size_t i = start; i < end; i += WS_UTF8_CHUNK) {
+        __m256i input = _mm256_loadu_si256((const __m256i *)(p + i));
+        if (_mm256_movemask_epi8(input) == 0) {
+            /* ASCII: only a sequence cut short by it can be wrong, and the check sees that
+             * (an ASCII byte where a continuation is due). The previous chunk matters. */
+            if (_mm256_movemask_epi8(previous) != 0)
+                errors = _mm256_or_si256(errors, ws_utf8_chunk_errors(input, previous));
+        } else {
+            errors = _mm256_or_si256(errors, ws_utf8_chunk_errors(input, previous));
+        }
+        previous = input;
+    }
+    if (!_mm256_testz_si256(errors, errors))
+        return start - 1;
+    /* The last sequence may go on past ``end``: stop before it, the automaton takes it. */
+    for (size_t k = 1; k <= 3; k++) {
+        unsigned char byte = p[end - k];
+        if (!ws_utf8_continuation(byte))
+            return ws_utf8_sequence_length(byte) > k ? end - k : end;
+    }
+    return end;
+}
+
+/* The AVX2 scanner: regions of whole chunks go through ws_utf8_region_avx2 whenever the
+ * automaton is between sequences; short tails, sequences split by a call boundary and any
+ * region with an error go through the automaton, which reports the exact index. */
+__attribute__((target("avx2,bmi2"))) WS_UNUSED static size_t ws_utf8_scan_avx2(uint64_t *state,
+                                                                                 const unsigned char *p, size_t n)
+{
+    uint64_t s = *state;
+    size_t i = 0;
+    if (ws_utf8_rejected(s))
+        return 0;
+    while (n - i >= 2 * WS_UTF8_CHUNK) {
+        if (!ws_utf8_accepting(s)) {
+            /* A sequence began before: at most 3 bytes finish it. */
+            i = ws_utf8_run(&s, p, i, i + 3);
+            while (!ws_utf8_accepting(s) && !ws_utf8_rejected(s) && i < n)
+                i = ws_utf8_run(&s, p, i, i + 1);
+            if (ws_utf8_rejected(s)) {
+                *state = WS_UTF8_REJECT_BITS;
+                return i;
+            }
+            continue;
+        }
+        /* ASCII between sequences: 64 bytes per step, as fast as memory gives them. */
+        while (n - i >= 2 * WS_UTF8_CHUNK) {
+            __m256i low = _mm256_loadu_si256((const __m256i *)(p + i));
+            __m256i high = _mm256_loadu_si256((const __m256i *)(p + i + WS_UTF8_CHUNK));
+            if (_mm256_movemask_epi8(_mm256_or_si256(low, high)) != 0)
+                break;
+            i += 2 * WS_UTF8_CHUNK;
+        }
+        if (n - i < 2 * WS_UTF8_CHUNK)
+            break;
+        size_t length = n - i < WS_UTF8_REGION ? n - i : WS_UTF8_REGION;
+        size_t end = i + length - length % WS_UTF8_CHUNK;
+        size_t checked = ws_utf8_region_avx2(p, i, end);
+        if (checked + 1 == i) {
+            /* Something is wrong in p[i:end): the automaton finds where. */
+            i = ws_utf8_run(&s, p, i, end);
+            if (ws_utf8_rejected(s)) {
+                *state = WS_UTF8_REJECT_BITS;
+                return i;
+            }
+            continue;
+        }
+        i = checked;
+    }
+    *state = s;
+    if (i == n)
+        return n;
+    return i + ws_utf8_scan_bmi2(state, p + i, n - i);
 }
 #endif
 

@@ -30,6 +30,11 @@ cdef extern from "utf8_core.h":
     bint ws_utf8_valid(const unsigned char *p, size_t n) nogil
     bint ws_utf8_accepting(uint64_t state) nogil
     bint ws_utf8_rejected(uint64_t state) nogil
+    enum: WS_UTF8_IMPLS
+    const char *ws_utf8_impl_names[]
+    int ws_utf8_impl
+    bint ws_utf8_supported(int impl)
+    bint ws_utf8_select(int impl)
 
 
 cdef inline object acquire_read(object obj, Py_buffer *view):

@@ -285,14 +285,16 @@ stream = b"".join(frames.encode_frame(op, data[:size], mask_key=KEY)
                   for op, data, size in [(1, samples[2], 200), (2, samples[0], 126), (9, b"p", 1),
                                          (1, samples[3], 300), (8, b"\x03\xe8bye", 5)])
 checks = 0
-for sample in samples:
-    for length in range(0, min(len(sample), 300) + 1):
-        for data in placed(sample[:length]):
-            masking.mask(data, KEY)
-            utf8.validate_utf8(data)
-            utf8.Utf8Validator().validate(data)
-            frames.encode_frame(2, data, mask_key=KEY)
-            checks += 1
+for scanner in utf8.implementations():  # every UTF-8 scanner this processor runs, SIMD included
+    utf8.use(scanner)
+    for sample in samples:
+        for length in range(0, min(len(sample), 300) + 1):
+            for data in placed(sample[:length]):
+                masking.mask(data, KEY)
+                utf8.validate_utf8(data)
+                utf8.Utf8Validator().validate(data)
+                frames.encode_frame(2, data, mask_key=KEY)
+                checks += 1
 for length in range(0, 300):
     data = (samples[0] * 2)[:length]
     for offset in (0, length // 2, length):
@@ -333,6 +335,7 @@ from ws4redis.exceptions import ProtocolError
 
 rounds = int(sys.argv[1])
 rng = random.Random(20240607)
+scanners = utf8.implementations()
 KEY = b"\x37\xfa\x21\x3d"
 texts = ["plain ascii ", "ünïcødé ", "中文 ", "😀 ", "ж"]
 for round_ in range(rounds):
@@ -342,6 +345,7 @@ for round_ in range(rounds):
     if data and rng.random() < 0.5:
         data[rng.randrange(len(data))] = rng.randrange(256)
     data = bytes(data)
+    utf8.use(scanners[round_ % len(scanners)])
     masking.mask(data, KEY)
     buf = bytearray(data)
     masking.mask_inplace(buf, KEY, rng.randint(0, len(buf)))

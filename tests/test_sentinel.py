@@ -52,6 +52,10 @@ def test_delivery_goes_on_after_a_failover_without_a_restart(sentinels, kind):
                        what="the hub subscribed on the master")
             talker.send("before")
             assert listener.recv(timeout=10) == "before"
+            # Replication is asynchronous: on a busy machine the replica may not have the kept
+            # message yet when the master dies. This test is about what follows, so it waits.
+            wait_until(lambda: redis.Redis(port=sentinels.replica.port).get(channel) == b"before",
+                       what="the replica to have the kept message")
             took = sentinels.fail_over()
             promoted = time.monotonic()
             new_master = sentinels.replica.port
