@@ -470,3 +470,41 @@ def test_the_timeline_adds_up_and_the_plot_is_drawn(gevent_server, redis_server,
 def test_a_plot_file_of_another_kind_is_refused():
     assert "--plot writes .png, .svg, .html files" in bench_usage_error(
         "ws://127.0.0.1:1/ws/x", "--mode", "echo", "--plot", "out.jpg")
+
+
+def test_compare_interleaves_targets_and_prints_one_table(redis_server, tmp_path):
+    """Two servers on one Redis: every round runs both, the table has a row each, the plot both."""
+    chart = tmp_path / "compare.png"
+    with serving_gevent(redis_server.url) as first, serving_gevent(redis_server.url) as second:
+        targets = [f"first={first.url('/ws/bench-compare?subscribe-broadcast')}@{first.process.pid}",
+                   f"second={second.url('/ws/bench-compare?subscribe-broadcast')}@{second.process.pid}"]
+        first_pid = first.process.pid
+        compare = [part for target in targets for part in ("--compare", target)]
+        arguments = [sys.executable, "-m", "ws4redis.bench", "--redis", redis_server.url, "-n", "5",
+                     "-m", "40", "--rounds", "2", *compare]
+        table = subprocess.run([*arguments, "--plot", str(chart)], cwd=ROOT, capture_output=True, text=True,
+                               timeout=BENCH_TIMEOUT)
+        report, _ = bench("--redis", redis_server.url, "-n", "5", "-m", "40", "--rounds", "2", *compare)
+    assert table.returncode == 0, table.stderr
+    rows = [line.split()[0] for line in table.stdout.splitlines()[2:]]
+    assert rows == ["first", "second"], table.stdout
+    assert chart.read_bytes()[:4] == b"\x89PNG"
+    assert set(report["runs"]) == {"first", "second"}
+    for name in ("first", "second"):
+        runs = report["runs"][name]
+        assert len(runs) == 2 and all(run["delivered"] == 200 for run in runs)
+        summary = report["compare"][name]
+        assert summary["rounds"] == 2 and summary["lost"] == 0 and summary["expected"] == 400
+        assert summary["server_cpu_us_per_delivery"] is not None
+    assert {run["server"]["pid"] for run in report["runs"]["first"]} == {first_pid}
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--compare", "a=ws://127.0.0.1:1/x"], "two targets or more"),
+    (["ws://127.0.0.1:1/x", "--compare", "a=ws://127.0.0.1:1/x", "--compare", "b=ws://127.0.0.1:1/y"],
+     "give no URL"),
+    (["--compare", "ws://127.0.0.1:1/x", "--compare", "b=ws://127.0.0.1:1/y"], "NAME=URL"),
+    ([], "a URL (ws://... or wss://...) is required"),
+])
+def test_bad_compare_arguments_are_refused(args, named):
+    assert named in bench_usage_error(*args, "--mode", "echo")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from ws4redis.bench.client import HEADER_SIZE, PAYLOADS
+from ws4redis.bench.compare import format_table, median_run, parse_target, run_interleaved, summarize
 from ws4redis.bench.plot import FORMATS, missing_library, plot
 from ws4redis.bench.procstat import ProcessGone
 from ws4redis.bench.runner import Options, Progress, Run, check_options
@@ -38,6 +40,9 @@ examples:
   ws4redis-bench ws://127.0.0.1:8001/ws/bench?subscribe-broadcast --sentinel 10.0.0.1:26379 \
       --sentinel 10.0.0.2:26379 --master-name mymaster
   ws4redis-bench ws://127.0.0.1:8002/ --mode echo -n 50 -m 1000 --json
+  ws4redis-bench --compare ours=ws://127.0.0.1:8001/ws/b?subscribe-broadcast@1234 \
+      --compare peer=ws://127.0.0.1:8003/ws/b?subscribe-broadcast@5678 --redis redis://127.0.0.1:6380/0 \
+      -n 1000 -m 200 --rate 20 --rounds 3 --plot compare.png
 """
 
 
@@ -69,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", help="ws://HOST:PORT/PATH?QUERY; {i} in it becomes the client index")
+    parser.add_argument("url", nargs="?",
+                        help="ws://HOST:PORT/PATH?QUERY; {i} in it becomes the client index (or --compare)")
+    parser.add_argument(
+        "--compare", action="append", default=[], metavar="NAME=URL[@PID]",
+        help="measure this target too, repeatable (two or more): the runs interleave, one table follows",
+    )
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="with --compare: runs of every target, interleaved; the table shows medians (3)")
     parser.add_argument("-n", "--clients", type=positive_int, default=100, help="websocket clients (100)")
     parser.add_argument("-m", "--messages", type=positive_int, default=1000, help="messages (1000)")
     parser.add_argument(
@@ -157,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.targets = []
+    if args.compare:
+        if args.url or args.server_pid:
+            parser.error("--compare names every target (NAME=URL@PID): give no URL or --server-pid beside it")
+        try:
+            args.targets = [parse_target(text) for text in args.compare]
+        except ValueError as exc:
+            parser.error(str(exc))
+        if len(args.targets) < 2:
+            parser.error("--compare needs two targets or more")
+        args.url = args.targets[0].url
+    elif not args.url:
+        parser.error("a URL (ws://... or wss://...) is required, or --compare targets")
     if args.size < HEADER_SIZE:
         parser.error(f"--size must be at least {HEADER_SIZE} bytes (the benchmark header), got {args.size}")
     if args.mode == "publish" and not (args.redis_url or args.cluster_url or args.sentinels):
@@ -206,6 +231,8 @@ def parse_options(argv: list[str] | None) -> tuple[Options, argparse.Namespace]:
             parser.error(problem)
     try:
         check_options(options)
+        for target in args.targets:
+            check_options(dataclasses.replace(options, url=target.url, server_pid=target.pid))
     except (ValueError, ProcessGone) as exc:
         parser.error(str(exc))
     return options, args
@@ -321,6 +348,25 @@ def format_csv(report: dict) -> str:
     return buffer.getvalue()
 
 
+def print_comparison(reports: dict[str, list[dict]], options: Options, args: argparse.Namespace) -> int:
+    """The table (or JSON, CSV) and plot of a --compare run; the exit status."""
+    summary = summarize(reports)
+    if args.plot:
+        plot([(name, median_run(runs)) for name, runs in reports.items()], args.plot)
+    if args.json:
+        print(json.dumps({"compare": summary, "runs": reports}, indent=2))
+    elif args.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["target", *next(iter(summary.values()))])
+        writer.writerows([name, *row.values()] for name, row in summary.items())
+        print(buffer.getvalue(), end="")
+    else:
+        print(format_table(summary, options))
+    clean = all(row["lost"] == 0 and row["errors"] == 0 for row in summary.values())
+    return 0 if clean and all(run["connected"] for runs in reports.values() for run in runs) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ws4redis-bench`` console script."""
     from ws4redis.speedups import COMPILED
@@ -331,13 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     show_progress = not args.quiet and sys.stderr.isatty()
     loop = factory()
     try:
-        report = loop.run_until_complete(run(options, show_progress))
+        if args.targets:
+            reports = run_interleaved(args.targets, options, args.rounds,
+                                      lambda pointed: loop.run_until_complete(run(pointed, show_progress)))
+        else:
+            report = loop.run_until_complete(run(options, show_progress))
     except ProcessGone as exc:
         sys.stderr.write(f"ws4redis-bench: {exc}\n")
         return 1
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    if args.targets:
+        return print_comparison(reports, options, args)
     report.setdefault("client", {}).update(loop=loop_name, compiled=COMPILED)
     if args.plot:
         plot([(report["url"], report)], args.plot)

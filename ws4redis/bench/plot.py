@@ -37,9 +37,11 @@ def plot(runs: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     for label, report in runs:
         timeline = report.get("timeline") or []
         times = [row["t"] for row in timeline]
-        rate.plot(times, [row["delivered_per_second"] for row in timeline], label=label)
-        latency.plot(times, [row["p50"] for row in timeline], label=f"{label} p50")
-        latency.plot(times, [row["p99"] for row in timeline], linestyle="--", label=f"{label} p99")
+        (line,) = rate.plot(times, [row["delivered_per_second"] for row in timeline], label=label)
+        color = line.get_color()  # one color per run in both panels
+        latency.plot(times, [row["p50"] for row in timeline], color=color, label=f"{label} p50")
+        latency.plot(times, [row["p99"] for row in timeline], color=color, linestyle="--",
+                     label=f"{label} p99")
     first = runs[0][1] if runs else {}
     rate.set_title(f"{first.get('mode', '')} {first.get('url', '')}: {first.get('clients', 0):,} clients, "
                    f"{first.get('size', 0)}-byte messages", fontsize=9)
