@@ -10,7 +10,7 @@ encoding and large frames, and million frames per second for small frames.
 Each cell is the best of ``--repeat`` runs of about ``--budget`` seconds, and
 the best over ``--passes`` whole passes, spread out in time: other processes
 can only slow a run down, so the best run is the closest to the real cost. The same inputs and calls as the
-pytest-benchmark modules are used (benchmarks/peers.py).
+pytest-benchmark modules are used (benchmarks/hotpath_peers.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.peers import (
+from benchmarks.hotpath_peers import (
     KEY,
     SAMPLES,
     SIZES,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.peers import CompiledMissing, import_compiled
+from benchmarks.hotpath_peers import CompiledMissing, import_compiled
 
 
 @pytest.fixture(scope="session")

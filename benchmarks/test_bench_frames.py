@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.conftest import record_throughput
-from benchmarks.peers import (
+from benchmarks.hotpath_peers import (
     SIZES,
     STREAMS,
     encode_implementations,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.conftest import record_throughput
-from benchmarks.peers import KEY, SIZES, mask_implementations, mask_inplace_implementations, payload
+from benchmarks.hotpath_peers import KEY, SIZES, mask_implementations, mask_inplace_implementations, payload
 from ws4redis.pure.mask import mask as reference_mask
 
 MASKERS = list(mask_implementations(None))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.conftest import record_throughput
-from benchmarks.peers import SAMPLES, SIZES, text, utf8_implementations
+from benchmarks.hotpath_peers import SAMPLES, SIZES, text, utf8_implementations
 
 VALIDATORS = list(utf8_implementations(None))
 

@@ -1,0 +1,80 @@
+"""The fan-out comparison: ws4redis' gevent server beside its peers, measured by ws4redis-bench.
+
+    python -m benchmarks.peers            # a short run: 200 clients
+    python -m benchmarks.peers --full     # the README's: 1,000 clients, 1,000 messages flat out,
+                                          # 200 paced at 20,000 deliveries/s, 3 rounds
+
+Starts a private redis-server, ws4redis' gevent server (``python -m ws4redis serve``) and each
+peer of this package on free ports, then runs ``ws4redis-bench --compare`` flat out and paced
+(interleaved rounds, medians), and prints both tables. Every server is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from benchmarks.e2e_servers import private_redis, running
+from ws4redis.embedded_redis import free_port, stop_process
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+PEERS = ("websockets_server", "send_floor")
+PATH = "/ws/peers?subscribe-broadcast"
+DELIVERIES_PER_SECOND = 20_000  # the paced run's offered load
+
+
+@contextmanager
+def peer(module: str, redis_url: str) -> Iterator[tuple[str, int]]:
+    """Start ``benchmarks.peers.<module>`` on a free port; yield its URL and pid once it listens."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", f"benchmarks.peers.{module}", str(port), redis_url],
+                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        if not line.startswith("listening"):
+            raise RuntimeError(f"{module} did not start (exit {process.poll()})")
+        yield f"ws://127.0.0.1:{port}{PATH}", process.pid
+    finally:
+        stop_process(process)
+
+
+def compare(redis_url: str, targets: list[str], clients: int, messages: int, rate: float, rounds: int,
+            extra: list[str]) -> int:
+    command = [sys.executable, "-m", "ws4redis.bench", "--redis", redis_url, "-n", str(clients),
+               "-m", str(messages), "--rate", str(rate), "--rounds", str(rounds), "--quiet", *extra]
+    for target in targets:
+        command += ["--compare", target]
+    return subprocess.run(command, cwd=ROOT).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="1,000 clients and the README's message counts")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default: 3 with --full, else 1)")
+    parser.add_argument("--plot", help="draw each table's runs into FILE-flat.png and FILE-paced.png")
+    args = parser.parse_args(argv)
+    clients, flat, paced = (1000, 1000, 200) if args.full else (200, 200, 100)
+    rounds = args.rounds or (3 if args.full else 1)
+    status = 0
+    with ExitStack() as stack:
+        redis_server = stack.enter_context(private_redis())
+        ours = stack.enter_context(running("gevent", redis_server.url))
+        targets = [f"ws4redis={ours.url(PATH)}@{ours.process.pid}"]
+        for module in PEERS:
+            url, pid = stack.enter_context(peer(module, redis_server.url))
+            targets.append(f"{module.removesuffix('_server')}={url}@{pid}")
+        time.sleep(0.5)
+        for name, messages, rate in (("flat", flat, 0.0), ("paced", paced, DELIVERIES_PER_SECOND / clients)):
+            print(f"\n{name}:", flush=True)
+            extra = ["--plot", f"{args.plot}-{name}.png"] if args.plot else []
+            status |= compare(redis_server.url, targets, clients, messages, rate, rounds, extra)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
