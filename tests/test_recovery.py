@@ -210,6 +210,20 @@ def test_the_type_is_carried_end_to_end(running, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_websockets_binary_message_stays_binary_through_redis(running, kind):
+    """A client's binary frame whose bytes happen to be UTF-8 is published with its type."""
+    server = server_of(running, kind)
+    listener = Client(server, "types", history=False)
+    time.sleep(0.2)  # the bare client has no event to wait for: give its subscription time
+    with servers.ws_connect(server, "/ws/types?publish-broadcast") as talker:
+        talker.send(b"bytes, not text")
+        talker.send("text")
+        first, second = listener.frame(), listener.frame()
+    assert (first.opcode, first.payload) == (constants.OP_BINARY, b"bytes, not text")
+    assert (second.opcode, second.payload) == (constants.OP_TEXT, b"text")
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("query", "reason"), [
     ("subscribe-broadcast&history", "facility 'plain' keeps no history"),
     ("subscribe-broadcast&history&since=not-json", "since must be a JSON object"),

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ws4redis import constants
+from ws4redis.speedups import validate_utf8
 
 __all__ = [
     "MAGIC", "PUBLISH_SCRIPT", "ChannelHistory", "HistoryPolicy", "HistorySettings", "Missed", "Seam",
@@ -256,8 +257,13 @@ def _data_field(data: bytes, binary: bool) -> str:
     return base64.b64encode(data).decode("ascii") if binary else data.decode("utf-8")
 
 
-def message_event(label: str, offset: bytes | None, binary: bool, data: bytes) -> bytes:
-    """One message as a history client receives it (a text frame's payload)."""
+def message_event(label: str, offset: bytes | None, binary: bool | None, data: bytes) -> bytes:
+    """One message as a history client receives it (a text frame's payload).
+
+    ``binary`` None (a message that did not declare its type): binary unless it is UTF-8.
+    """
+    if binary is None:
+        binary = not validate_utf8(data)
     event = {"event": "message", "channel": label, "offset": offset.decode("ascii") if offset else None,
              "binary": binary, "data": _data_field(data, binary)}
     return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

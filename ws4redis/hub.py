@@ -74,7 +74,6 @@ from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
 from ws4redis.redis_store import as_bytes
 from ws4redis.server.rules import forwarded
 from ws4redis.shard_router import NO_PATTERNS, ShardRouter
-from ws4redis.speedups import validate_utf8
 
 __all__ = [
     "ChannelRouter", "Hub", "HubRedis", "HubRedisCluster", "Listener", "PubSubLink", "Router",
@@ -352,25 +351,17 @@ class Hub:
             return
         name = (channel if pattern else key).decode("utf-8", "replace")
         pending = self._pending
-        bare = envelope = None
+        envelope = None
+        plain: dict[bool, bytes] = {}  # the uncompressed frame of each kind, made once
         for deflation, enveloped, listeners in groups:
             METRICS.deliveries += len(listeners)
-            if enveloped:
-                if envelope is None:
-                    if binary is None:
-                        binary = not validate_utf8(payload)
-                    envelope = message_event(label or name, offset, binary, payload)
-                body, kind = envelope, False
-            else:
-                body, kind = payload, binary
+            if enveloped and envelope is None:
+                envelope = message_event(label or name, offset, binary, payload)
+            body, kind = (envelope, False) if enveloped else (payload, binary)
             if deflation is not None and len(body) >= deflation.threshold:
                 sent = frame_compressed(body, deflation.compressor, kind)  # once for the whole group
-            elif enveloped or bare is None:
-                sent = frame_payload(body, kind)
-                if not enveloped:
-                    bare = sent
             else:
-                sent = bare
+                sent = plain.get(enveloped) or plain.setdefault(enveloped, frame_payload(body, kind))
             for listener in listeners:
                 if listener.deliver(sent, payload, name, offset):
                     pending.append(listener)

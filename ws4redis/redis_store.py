@@ -90,11 +90,13 @@ class RedisMessage(bytes):
     (subscribe confirmations and the like), exactly like 0.6.0, so callers can
     write ``msg = RedisMessage(x); if msg: ...``.
 
-    ``binary`` says whether the message goes to browsers in a binary frame. By default a ``str``
-    is text and bytes are text when they are valid UTF-8; ``RedisMessage(data, binary=True)``
-    says so explicitly. Redis itself carries bytes only: the type travels with the message on
-    channels that keep a history (WS4REDIS_HISTORY), and is inferred again elsewhere.
+    ``binary`` is the type the message was declared with: ``RedisMessage(data, binary=True)``
+    goes to browsers in a binary frame even when its bytes are valid UTF-8. Undeclared (None),
+    bytes go out as text exactly when they are UTF-8, as in 0.6.0. Redis itself carries bytes
+    only: the declared type travels on channels that keep a history (WS4REDIS_HISTORY).
     """
+
+    binary: bool | None = None
 
     def __new__(cls, value: Any, binary: bool | None = None) -> RedisMessage | None:  # type: ignore[misc]
         if isinstance(value, str):
@@ -111,7 +113,7 @@ class RedisMessage(bytes):
             return None
         message = super().__new__(cls, data)
         if binary is not None:
-            message._binary = bool(binary)
+            message.binary = bool(binary)
         return message
 
     @classmethod
@@ -120,14 +122,8 @@ class RedisMessage(bytes):
         from the heartbeat: made without looking the heartbeat setting up again."""
         message = bytes.__new__(cls, data)
         if binary is not None:
-            message._binary = binary
+            message.binary = binary
         return message
-
-    @property
-    def binary(self) -> bool:
-        """Whether the message goes out in a binary frame (see the class docstring)."""
-        binary = self.__dict__.get("_binary")
-        return not validate_utf8(self) if binary is None else binary
 
     @classmethod
     def _from_reply(cls, reply: list | tuple) -> RedisMessage | None:
@@ -141,13 +137,16 @@ def as_bytes(name: str | bytes) -> bytes:
     return name.encode() if isinstance(name, str) else bytes(name)
 
 
+def reply_kind(reply: Any) -> bytes:
+    """The kind of a pub/sub reply (``message``, ``subscribe``, ...); empty for what is not one."""
+    if not isinstance(reply, (list, tuple)) or not reply:
+        return b""
+    return as_bytes(reply[0])
+
+
 def reply_payload(reply: Any) -> Any:
     """The payload of a ``message``/``pmessage`` pub/sub reply as redis-py gave it, None for any other."""
-    if not isinstance(reply, (list, tuple)) or not reply:
-        return None
-    kind = reply[0]
-    if isinstance(kind, str):
-        kind = kind.encode()
+    kind = reply_kind(reply)
     if kind == b"message" and len(reply) >= 3:
         return reply[2]
     if kind == b"pmessage" and len(reply) >= 4:

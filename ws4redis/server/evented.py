@@ -219,7 +219,8 @@ class WebSocketConnection:
         self._watcher: Any = None  # the write watcher, created when the socket first fills up
         self._blocked = False  # waiting for the socket to become writable
         self._persisted: list[bytes] | None = None
-        self._unpublished: list[bytes] | None = None  # received, not handed over for publishing yet
+        # Received (data, binary), not handed over for publishing yet.
+        self._unpublished: list[tuple[bytes, bool]] | None = None
         self._in_flight = 0  # messages with the batcher, not yet confirmed by Redis
         self.keepalive = Keepalive(config, time.monotonic())
         self._closing_since = 0.0
@@ -578,7 +579,7 @@ class WebSocketConnection:
         for event in protocol.receive_data(data):
             if type(event) is Message:
                 if accepting:
-                    self._on_message(event.data)
+                    self._on_message(event.data, event.binary)
             elif type(event) is ProtocolViolation:
                 logger.info("ws4redis: websocket of %s broke the protocol: %s (close code %d)",
                             self.peer, event.error, event.error.close_code)
@@ -602,14 +603,14 @@ class WebSocketConnection:
                 messages, self._unpublished = self._unpublished, None
                 self._in_flight += len(messages)
                 submit = self.host.publisher.submit
-                for data in messages:
-                    submit(self, plan, plan.pack(data))
+                for data, binary in messages:
+                    submit(self, plan, plan.pack(data, binary))
         elif protocol.state is _CLOSED:
             self._end()
         else:
             self._resume_reading()
 
-    def _on_message(self, data: bytes) -> None:
+    def _on_message(self, data: bytes, binary: bool) -> None:
         action = inbound(data, self.config.heartbeat)
         if action is not Inbound.PUBLISH:
             if action is Inbound.ANSWER_HEARTBEAT:
@@ -620,9 +621,9 @@ class WebSocketConnection:
         if self.echo_filter is not None:
             self.echo_filter.published(data)
         if self._unpublished is None:
-            self._unpublished = [data]
+            self._unpublished = [(data, binary)]
         else:
-            self._unpublished.append(data)
+            self._unpublished.append((data, binary))
 
     # --- publishing -------------------------------------------------------
 
@@ -647,8 +648,8 @@ class WebSocketConnection:
         try:
             while self._unpublished:
                 messages, self._unpublished = self._unpublished, []
-                for data in messages:
-                    if not self._publish(data):
+                for data, binary in messages:
+                    if not self._publish(data, binary):
                         self._unpublished = None
                         break
             self._unpublished = None
@@ -661,10 +662,10 @@ class WebSocketConnection:
         except Exception:
             self._fail_internal()
 
-    def _publish(self, data: bytes) -> bool:
+    def _publish(self, data: bytes, binary: bool) -> bool:
         """Publish one received message; False (and a 1013 close) when Redis cannot take it."""
         try:
-            self.subscriber.publish_message(RedisMessage.received(data))
+            self.subscriber.publish_message(RedisMessage.received(data, binary))
         except UNAVAILABLE as exc:
             self._not_published(exc)
             return False

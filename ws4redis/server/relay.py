@@ -33,11 +33,10 @@ from ws4redis import constants
 from ws4redis.exceptions import ConnectionClosed
 from ws4redis.history import ChannelHistory, Seam, message_event, unwrap
 from ws4redis.protocol import WebSocketProtocol, frame_for
-from ws4redis.redis_store import RedisMessage, as_bytes, reply_payload
+from ws4redis.redis_store import RedisMessage, as_bytes, reply_kind, reply_payload
 from ws4redis.server import journal
 from ws4redis.server.config import ServerConfig
 from ws4redis.server.rules import Due, EchoFilter, Inbound, Keepalive, forwarded, inbound, publish_failure
-from ws4redis.speedups import validate_utf8
 
 __all__ = ["BlockingWebSocket", "relay"]
 
@@ -154,7 +153,7 @@ class _Relay:
             if descriptor not in wait([descriptor], remaining):
                 continue
             for reply in self.subscriber.parse_responses():
-                if _kind(reply) == b"subscribe":
+                if reply_kind(reply) == b"subscribe":
                     waiting.discard(as_bytes(reply[1]))
                 else:
                     held.append(reply)
@@ -208,7 +207,7 @@ class _Relay:
             elif action is Inbound.PUBLISH:
                 self.messages_in += 1
                 try:
-                    self.subscriber.publish_message(RedisMessage.received(data))
+                    self.subscriber.publish_message(RedisMessage.received(data, not isinstance(message, str)))
                 except redis.RedisError as exc:
                     code, reason = publish_failure(exc)
                     logger.warning("ws4redis: cannot publish a message (%s); closing the websocket with %d",
@@ -241,8 +240,7 @@ class _Relay:
         if self.seam is not None and self.seam.replayed(name, offset):
             return
         if self.envelope and label is not None:
-            kind = (not validate_utf8(payload)) if binary is None else binary
-            self.send(self.frame(message_event(label, offset, kind, payload)))
+            self.send(self.frame(message_event(label, offset, binary, payload)))
         else:
             self.send(self.frame(payload, binary))
 
@@ -253,7 +251,3 @@ def _payload(reply: Any) -> bytes | None:
         return None
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
-
-def _kind(reply: Any) -> bytes:
-    kind = reply[0] if isinstance(reply, (list, tuple)) and reply else b""
-    return kind.encode() if isinstance(kind, str) else kind
