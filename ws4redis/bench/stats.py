@@ -53,7 +53,8 @@ class Stats:
         """Deliveries per second and latency percentiles over time, from ``start_ns`` on.
 
         The run is cut into about ``points`` equal intervals (at least 10 ms each); each row
-        gives its start (seconds into the run), its deliveries per second and its p50/p99 in ms.
+        gives its start (seconds into the run) and length, its deliveries per second and its
+        p50/p90/p99 in ms; intervals without a delivery have no row.
         """
         if not self.arrivals:
             return []
@@ -66,7 +67,8 @@ class Stats:
         for index in sorted(buckets):
             samples = sorted(buckets[index])
             count = len(samples)
-            row = {"t": index * step / 1e9, "delivered_per_second": count / (step / 1e9)}
+            seconds = step / 1e9
+            row = {"t": index * seconds, "seconds": seconds, "delivered_per_second": count / seconds}
             for pct in PERCENTILES:
                 row[f"p{pct}"] = samples[max(1, -(-pct * count // 100)) - 1] / 1e6
             rows.append(row)
