@@ -1,4 +1,4 @@
-"""Run the whole test suite the way CI does: lint, compiled core, pure core, benchmark smoke.
+"""Run the whole test suite the way CI does: lint, docs, compiled core, pure core, benchmark smoke.
 
 Usage: python tests/run.py [extra pytest args]
 
@@ -43,7 +43,8 @@ def main() -> None:
     ensure_system_packages()
     extra = sys.argv[1:]
     py = sys.executable
-    run("lint", [py, "-m", "ruff", "check", "ws4redis", "tests", "benchmarks", "examples", "setup.py"])
+    run("lint", [py, "-m", "ruff", "check", "ws4redis", "tests", "benchmarks", "examples", "docs", "setup.py"])
+    run("docs", [py, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", "docs", "build/docs"])
     run("tests, compiled core", [py, "-m", "pytest", *extra], WS4REDIS_EXPECT_COMPILED="1")
     run("tests, pure-Python core", [py, "-m", "pytest", *extra], WS4REDIS_NO_EXTENSIONS="1")
     run("benchmarks, one round each", [py, "-m", "pytest", "benchmarks", "--benchmark-disable", "-q"])

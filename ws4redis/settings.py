@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,64 +31,192 @@ from ws4redis.deflate import CompressionSettings
 from ws4redis.history import HistorySettings
 from ws4redis.redis_config import check_connection_settings
 
-DEFAULTS: dict[str, Any] = {
-    # URL path under which websockets are served; the rest of the path is the facility.
-    "WEBSOCKET_URL": "/ws/",
-    # Host put into WEBSOCKET_URI by the context processor; None uses the request's host.
-    "WEBSOCKET_HOST": None,
-    # redis-py connection options: host/port/db/password, unix_socket_path, ssl + ssl_*,
-    # or a 'url' (redis://, rediss://, unix://); extra keys go to redis-py as they are.
-    # 'max_connections' and 'pool_timeout' size the shared pool used for publishing.
-    # 'sentinels' + 'master_name' find the master through Redis Sentinel; 'cluster' (node URLs)
-    # names a Redis Cluster (sharded pub/sub, ws4redis.redis_cluster).
-    "WS4REDIS_CONNECTION": {"host": "localhost", "port": 6379, "db": 0, "password": None},
-    # Seconds the LAST message of each channel is kept in Redis for late joiners; 0: not kept.
-    "WS4REDIS_EXPIRE": constants.DEFAULT_EXPIRE,
-    # Prefix of every Redis key and channel, to share a Redis database with other services.
-    "WS4REDIS_PREFIX": None,
-    # Dotted path of the subscriber class used by the servers.
-    "WS4REDIS_SUBSCRIBER": "ws4redis.subscriber.RedisSubscriber",
-    # Magic message ignored by server and client; when set the server sends it periodically.
-    "WS4REDIS_HEARTBEAT": None,
-    # Callable (or dotted path) f(request, channels) -> allowed channels, may raise PermissionDenied.
-    "WS4REDIS_ALLOWED_CHANNELS": None,
-    # Callable (or dotted path) f(request) replacing the server's session/user lookup.
-    "WS4REDIS_PROCESS_REQUEST": None,
-    # Callable (or dotted path) f(request) -> user or None, for credentials other than the session
-    # cookie (tokens); None from it keeps the session's user; AuthenticationFailed answers 401.
-    "WS4REDIS_AUTHENTICATE": None,
-    # Seconds a token of ws4redis.tokens stays valid.
-    "WS4REDIS_TOKEN_MAX_AGE": constants.DEFAULT_TOKEN_MAX_AGE,
-    # Largest message (after reassembling fragments) accepted from a client, in bytes.
-    "WS4REDIS_MAX_MESSAGE_SIZE": constants.DEFAULT_MAX_MESSAGE_SIZE,
-    # Fragments allowed per message; None derives it from WS4REDIS_MAX_MESSAGE_SIZE.
-    "WS4REDIS_MAX_FRAGMENTS": None,
-    # permessage-deflate (RFC 7692), off by default: True, or a dict of threshold (bytes under
-    # which messages go uncompressed), level, mem_level, client_no_context_takeover.
-    "WS4REDIS_COMPRESSION": None,
-    # Per-channel history in Redis Streams, off by default: True, or a dict of size (messages
-    # kept), ttl (seconds a quiet channel keeps them) and facilities (only these, with overrides).
-    "WS4REDIS_HISTORY": None,
-    # Origins allowed to open websockets: '*', or a list of ALLOWED_HOSTS-style host patterns
-    # and/or full origins ('https://example.com'); None derives it from ALLOWED_HOSTS.
-    "WS4REDIS_ALLOWED_ORIGINS": None,
-    # Seconds between server pings (None: no pings) and seconds to wait for the pong.
-    "WS4REDIS_PING_INTERVAL": constants.DEFAULT_PING_INTERVAL,
-    "WS4REDIS_PING_TIMEOUT": constants.DEFAULT_PING_TIMEOUT,
-    # Per-client send queue bounds; a client that falls further behind is disconnected.
-    "WS4REDIS_SEND_QUEUE_BYTES": constants.DEFAULT_SEND_QUEUE_BYTES,
-    "WS4REDIS_SEND_QUEUE_MESSAGES": constants.DEFAULT_SEND_QUEUE_MESSAGES,
-    # Seconds a client may take to complete the opening handshake.
-    "WS4REDIS_HANDSHAKE_TIMEOUT": constants.DEFAULT_HANDSHAKE_TIMEOUT,
-    # Seconds open websockets get to close cleanly when the server stops.
-    "WS4REDIS_SHUTDOWN_TIMEOUT": constants.DEFAULT_SHUTDOWN_TIMEOUT,
-    # Metrics and health endpoints of the gevent server and uWSGI: None (off), True (/metrics,
-    # /healthz, /readyz) or a dict moving ({"metrics": "/ws/_metrics"}) or dropping (None) some.
-    "WS4REDIS_MONITORING": None,
-}
+_SERVERS = "every server"
+_EVENTED = "gevent server, uWSGI"
 
-__all__ = [*DEFAULTS, "allowed_origins", "compression", "heartbeat_bytes", "history", "max_fragments",
-           "monitoring_paths", "origin_allowed", "resolve_callable", "subscriber_class", "validate_settings"]
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``WS4REDIS_*`` setting as users read about it; the settings reference is built from these."""
+
+    name: str
+    default: Any
+    kind: str  # what a valid value is, as the validation message says it
+    read_by: str  # which parts of ws4redis read it
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "WEBSOCKET_URL", "/ws/",
+        kind="a path starting and ending with `/`",
+        read_by=f"{_SERVERS}, context processor",
+        doc="URL prefix served as websockets; the rest of the path is the facility.",
+    ),
+    Setting(
+        "WEBSOCKET_HOST", None,
+        kind="a host name, or None",
+        read_by="context processor",
+        doc="Host put into `WEBSOCKET_URI`; `None` uses the request's own host.",
+    ),
+    Setting(
+        "WS4REDIS_CONNECTION", {"host": "localhost", "port": 6379, "db": 0, "password": None},
+        kind="a dict of redis-py options",
+        read_by=f"{_SERVERS}, RedisPublisher",
+        doc="redis-py options: `host`/`port`/`db`/`password`, `unix_socket_path`, `ssl` with `ssl_*`, or a "
+        "`url` (`redis://`, `rediss://`, `unix://`); other keys go to redis-py as they are. "
+        "`max_connections` and `pool_timeout` size the shared publishing pool. `sentinels` + "
+        "`master_name` find the master through [Redis Sentinel](deployment.md#redis-sentinel); "
+        "`cluster` (node URLs) names a [Redis Cluster](deployment.md#redis-cluster).",
+    ),
+    Setting(
+        "WS4REDIS_EXPIRE", constants.DEFAULT_EXPIRE,
+        kind="an integer >= 0 (seconds)",
+        read_by=f"{_SERVERS}, RedisPublisher",
+        doc="Seconds the last message of each channel is kept in Redis for clients that connect later; "
+        "`0` keeps nothing.",
+    ),
+    Setting(
+        "WS4REDIS_PREFIX", None,
+        kind="a string without whitespace, or None",
+        read_by=f"{_SERVERS}, RedisPublisher",
+        doc="Prefix of every Redis key and channel, to share a Redis database with other services.",
+    ),
+    Setting(
+        "WS4REDIS_SUBSCRIBER", "ws4redis.subscriber.RedisSubscriber",
+        kind="a dotted path of a RedisSubscriber subclass",
+        read_by=_SERVERS,
+        doc="The class that decides a websocket's channels and publishes its messages.",
+    ),
+    Setting(
+        "WS4REDIS_HEARTBEAT", None,
+        kind="a non-empty string, or None",
+        read_by=f"{_SERVERS}, context processor",
+        doc="Magic message answered by the server and never published; when set the server also sends it "
+        "to idle clients, and `ws4redis.js` uses it to detect dead connections.",
+    ),
+    Setting(
+        "WS4REDIS_ALLOWED_CHANNELS", None,
+        kind="a callable or dotted path, or None",
+        read_by=_SERVERS,
+        doc="`f(request, channels)` returning the channels a websocket may use; raising `PermissionDenied` "
+        "answers 403.",
+    ),
+    Setting(
+        "WS4REDIS_PROCESS_REQUEST", None,
+        kind="a callable or dotted path, or None",
+        read_by=_SERVERS,
+        doc="`f(request)` replacing the session/user lookup of the handshake.",
+    ),
+    Setting(
+        "WS4REDIS_AUTHENTICATE", None,
+        kind="a callable or dotted path, or None",
+        read_by=_SERVERS,
+        doc="`f(request)` returning the user of credentials other than the session cookie (tokens), or "
+        "`None` to leave it to the cookie; raising `AuthenticationFailed` answers 401 "
+        "([Authentication](security.md#authentication-without-the-session-cookie)).",
+    ),
+    Setting(
+        "WS4REDIS_TOKEN_MAX_AGE", constants.DEFAULT_TOKEN_MAX_AGE,
+        kind="a number of seconds > 0",
+        read_by="ws4redis.tokens",
+        doc="Seconds a token of `ws4redis.tokens` is accepted after it was issued.",
+    ),
+    Setting(
+        "WS4REDIS_MAX_MESSAGE_SIZE", constants.DEFAULT_MAX_MESSAGE_SIZE,
+        kind="an integer >= 1 (bytes)",
+        read_by=_SERVERS,
+        doc="Largest message accepted from a client, after reassembling fragments and inflating; larger: "
+        "close 1009.",
+    ),
+    Setting(
+        "WS4REDIS_MAX_FRAGMENTS", None,
+        kind="an integer >= 1, or None",
+        read_by=_SERVERS,
+        doc="Fragments allowed per message; `None` means `max(1024, WS4REDIS_MAX_MESSAGE_SIZE // 256)`; "
+        "more: close 1009.",
+    ),
+    Setting(
+        "WS4REDIS_COMPRESSION", None,
+        kind="True, or a dict of options, or None",
+        read_by=_SERVERS,
+        doc="permessage-deflate (RFC 7692) for clients that offer it: `True` or a dict of `threshold` "
+        f"({constants.DEFAULT_COMPRESSION_THRESHOLD}, bytes under which messages go uncompressed), "
+        f"`level` ({constants.DEFAULT_COMPRESSION_LEVEL}), `mem_level` "
+        f"({constants.DEFAULT_COMPRESSION_MEM_LEVEL}), `client_no_context_takeover` (`True`) "
+        "([Compression](compression.md)).",
+    ),
+    Setting(
+        "WS4REDIS_HISTORY", None,
+        kind="True, or a dict of options, or None",
+        read_by=f"{_SERVERS}, RedisPublisher",
+        doc="Per-channel history in Redis Streams: `True` or a dict of `size` "
+        f"({constants.DEFAULT_HISTORY_SIZE}, messages kept), `ttl` ({constants.DEFAULT_HISTORY_TTL}, "
+        "seconds a quiet channel keeps them) and "
+        "`facilities` (only these, each with its own overrides) ([History](history.md)).",
+    ),
+    Setting(
+        "WS4REDIS_ALLOWED_ORIGINS", None,
+        kind="`'*'`, a list of host patterns or origins, or None",
+        read_by=_SERVERS,
+        doc="Origins allowed besides Django's CSRF rule (the request's own origin and "
+        "`CSRF_TRUSTED_ORIGINS`): `'*'`, full origins (`'https://example.com'`), or host patterns as in "
+        "`ALLOWED_HOSTS` (any scheme and port of those hosts). Other origins get 403 "
+        "([Security](security.md#origins)).",
+    ),
+    Setting(
+        "WS4REDIS_PING_INTERVAL", constants.DEFAULT_PING_INTERVAL,
+        kind="a number of seconds > 0, or None",
+        read_by=_SERVERS,
+        doc="Seconds between protocol pings to a silent client; `None`: no pings.",
+    ),
+    Setting(
+        "WS4REDIS_PING_TIMEOUT", constants.DEFAULT_PING_TIMEOUT,
+        kind="a number of seconds > 0",
+        read_by=_SERVERS,
+        doc="Seconds to wait for the pong (and for the peer's close) before the client counts as gone "
+        "(close 1011).",
+    ),
+    Setting(
+        "WS4REDIS_SEND_QUEUE_BYTES", constants.DEFAULT_SEND_QUEUE_BYTES,
+        kind="an integer >= 1 (bytes)",
+        read_by=_EVENTED,
+        doc="Bytes queued for one client before it is closed as too slow (1008); runserver writes blocking.",
+    ),
+    Setting(
+        "WS4REDIS_SEND_QUEUE_MESSAGES", constants.DEFAULT_SEND_QUEUE_MESSAGES,
+        kind="an integer >= 1",
+        read_by=_EVENTED,
+        doc="Messages queued for one client before it is closed as too slow (1008).",
+    ),
+    Setting(
+        "WS4REDIS_HANDSHAKE_TIMEOUT", constants.DEFAULT_HANDSHAKE_TIMEOUT,
+        kind="a number of seconds > 0",
+        read_by="gevent server",
+        doc="Seconds a client may take to send a whole request head (408 after); uWSGI reads "
+        "heads itself.",
+    ),
+    Setting(
+        "WS4REDIS_SHUTDOWN_TIMEOUT", constants.DEFAULT_SHUTDOWN_TIMEOUT,
+        kind="a number of seconds >= 0",
+        read_by=_EVENTED,
+        doc="Seconds open websockets get to close (1001) when the server stops, reloads or recycles a "
+        "worker.",
+    ),
+    Setting(
+        "WS4REDIS_MONITORING", None,
+        kind="True, or a dict of endpoints to paths, or None",
+        read_by=_EVENTED,
+        doc="`True` serves `/metrics`, `/healthz` and `/readyz`; a dict moves "
+        "(`{'metrics': '/ws/_metrics'}`) or leaves out (`None`) some ([Monitoring](monitoring.md)).",
+    ),
+)
+
+DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
+
+__all__ = [*DEFAULTS, "SETTINGS", "Setting", "allowed_origins", "compression", "heartbeat_bytes", "history",
+           "max_fragments", "monitoring_paths", "origin_allowed", "resolve_callable", "subscriber_class",
+           "validate_settings"]
 
 
 def __getattr__(name: str) -> Any:
