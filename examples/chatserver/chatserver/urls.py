@@ -11,6 +11,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat", permanent=False)),
     path("chat/", views.broadcast_chat, name="chat"),
     path("userchat/", views.user_chat, name="userchat"),
+    path("dashboard/", views.dashboard, name="dashboard"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

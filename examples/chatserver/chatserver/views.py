@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
+from chatserver.dashboard import FACILITY as DASHBOARD_FACILITY
 from ws4redis.publisher import RedisPublisher
 from ws4redis.redis_store import RedisMessage
 
@@ -22,6 +23,11 @@ MAX_MESSAGE_LENGTH = 2000
 def broadcast_chat(request: HttpRequest) -> HttpResponse:
     """Every browser on this page subscribes to and publishes on one broadcast channel."""
     return render(request, "chatserver/chat.html", {"facility": BROADCAST_FACILITY})
+
+
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Every open tab subscribes to one broadcast channel that ``manage.py dashboard_feed`` publishes to."""
+    return render(request, "chatserver/dashboard.html", {"facility": DASHBOARD_FACILITY})
 
 
 @login_required
