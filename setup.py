@@ -26,8 +26,18 @@ def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() not in ("", "0", "false", "no")
 
 
+# Optimisation flags by compiler family: MSVC spells them its own way and warns on GCC's.
+OPTIMIZE = {"msvc": ["/O2"], "unix": ["-O3"], "mingw32": ["-O3"], "cygwin": ["-O3"]}
+
+
 class OptionalBuildExt(build_ext):
     """Compile what can be compiled; warn loudly and carry on without the rest."""
+
+    def build_extensions(self) -> None:
+        flags = OPTIMIZE.get(self.compiler.compiler_type, [])
+        for ext in self.extensions:
+            ext.extra_compile_args = [*flags, *ext.extra_compile_args]
+        super().build_extensions()
 
     def run(self) -> None:
         try:
@@ -66,7 +76,6 @@ def extensions() -> list[Extension]:
             [f"ext/{name}.pyx"],
             include_dirs=["ext"],
             depends=shared,
-            extra_compile_args=["-O3"],
         )
         for name in EXTENSIONS
     ]

@@ -17,7 +17,9 @@
  * import that it is ws4redis.constants.MASK_KEY_LENGTH. */
 #define WS_MASK_KEY_LENGTH 4
 
-#if defined(__GNUC__) || defined(__clang__)
+/* Vector types are a GCC/clang extension; other compilers (MSVC), and WS4REDIS_PORTABLE_C, take
+ * the 8-byte word loop. */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(WS4REDIS_PORTABLE_C)
 #define WS_HAVE_VECTORS 1
 typedef uint64_t ws_u64x2 __attribute__((vector_size(16)));
 #endif

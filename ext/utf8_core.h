@@ -31,7 +31,14 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__GNUC__) || defined(__clang__)
+/* GCC and clang get attributes, vector types and the x86-64 SIMD scanners; every other compiler
+ * (MSVC) gets standard C. WS4REDIS_PORTABLE_C forces the standard-C paths under GCC or clang too,
+ * so the test suite builds and checks what MSVC compiles (tests/test_compilers.py). */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(WS4REDIS_PORTABLE_C)
+#define WS_GNU_C 1
+#endif
+
+#ifdef WS_GNU_C
 #define WS_ALWAYS_INLINE __attribute__((always_inline))
 #define WS_UNUSED __attribute__((unused))
 #else
@@ -39,7 +46,7 @@
 #define WS_UNUSED
 #endif
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && defined(WS_GNU_C)
 #define WS_UTF8_BMI2 1
 #define WS_UTF8_AVX2 1
 #include <immintrin.h>

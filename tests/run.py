@@ -16,7 +16,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SYSTEM_PACKAGES = {"redis-server": "redis-server", "chromium": "chromium", "chromedriver": "chromium-driver"}
+LINTED = ["ws4redis", "tests", "benchmarks", "examples", "docs", "setup.py"]
+# binary -> the Debian package that has it
+SYSTEM_PACKAGES = {
+    "redis-server": "redis-server",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+    "clang": "clang",
+}
 
 
 def ensure_system_packages() -> None:
@@ -43,7 +50,7 @@ def main() -> None:
     ensure_system_packages()
     extra = sys.argv[1:]
     py = sys.executable
-    run("lint", [py, "-m", "ruff", "check", "ws4redis", "tests", "benchmarks", "examples", "docs", "setup.py"])
+    run("lint", [py, "-m", "ruff", "check", *LINTED])
     run("docs", [py, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", "docs", "build/docs"])
     run("tests, compiled core", [py, "-m", "pytest", *extra], WS4REDIS_EXPECT_COMPILED="1")
     run("tests, pure-Python core", [py, "-m", "pytest", *extra], WS4REDIS_NO_EXTENSIONS="1")

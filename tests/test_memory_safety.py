@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.builds import build_copy, run_in_copy
 from ws4redis import constants
 from ws4redis.exceptions import InvalidPayloadError, MessageTooBigError, ProtocolError
 
@@ -390,36 +390,12 @@ def asan_runtime() -> str:
 @pytest.mark.slow
 def test_fuzz_batch_under_address_sanitizer(compiled, tmp_path):
     runtime = asan_runtime()
-    shutil.copytree(ROOT / "ext", tmp_path / "ext", ignore=shutil.ignore_patterns("*.c", "*.so"))
-    shutil.copytree(
-        ROOT / "ws4redis", tmp_path / "ws4redis", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    build_copy(
+        tmp_path, CFLAGS="-fsanitize=address -fno-omit-frame-pointer -O1 -g", LDFLAGS="-fsanitize=address"
     )
-    shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
-    flags = "-fsanitize=address -fno-omit-frame-pointer -O1 -g"
-    env = {**os.environ, "CFLAGS": flags, "LDFLAGS": "-fsanitize=address", "WS4REDIS_NO_EXTENSIONS": ""}
-    build = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    built = sorted(path.name for path in (tmp_path / "ws4redis").glob("_speedups_*.so"))
-    assert len(built) == 3, f"ASan build failed: {build.stderr[-3000:]}"
-    result = subprocess.run(
-        [sys.executable, "-c", ASAN_FUZZ, "400"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(tmp_path),
-            "LD_PRELOAD": runtime,
-            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-            "PYTHONMALLOC": "malloc",
-        },
+    result = run_in_copy(
+        tmp_path, ASAN_FUZZ, "400",
+        LD_PRELOAD=runtime, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", PYTHONMALLOC="malloc",
     )
     assert result.returncode == 0, f"AddressSanitizer run failed: {result.stderr[-4000:]}"
     assert result.stdout.startswith("ok ")

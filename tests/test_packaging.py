@@ -1,12 +1,12 @@
 """Packaging rules: what the sdist and the wheels carry, and that both cores offer one API.
 
-Building real distributions takes a minute (Cython, a compiler, an isolated
-build environment), so the suite checks the rules that decide their contents
-instead: MANIFEST.in through setuptools' own template engine, the package-data
-globs of pyproject.toml against the files on disk, setup.py's extension list
-against ext/, ws4redis/pure/ and the speedups facade, and the metadata
-against the tox matrix. Wrong rules ship an sdist that cannot build, a wheel
-without ws4redis.js, or a compiled module the facade cannot swap in.
+One slow test builds the real distributions with ``python -m build`` (the wheel from the sdist,
+in an isolated build environment), installs the wheel into a new virtualenv and checks it there.
+The others check the rules that decide their contents: MANIFEST.in through setuptools' own
+template engine, the package-data globs of pyproject.toml against the files on disk, setup.py's
+extension list against ext/, ws4redis/pure/ and the speedups facade, the metadata against the tox
+matrix, and the wheel matrix as cibuildwheel reads it. Wrong rules ship an sdist that cannot
+build, a wheel without ws4redis.js, or a compiled module the facade cannot swap in.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import importlib
 import inspect
 import os
 import re
+import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -227,3 +230,72 @@ def test_setup_and_the_facade_read_ws4redis_no_extensions_alike(value, monkeypat
     exec(compile(ast.Module([definition], type_ignores=[]), "setup.py", "exec"), namespace)
     monkeypatch.setenv("WS4REDIS_NO_EXTENSIONS", value)
     assert namespace["truthy"](value) is extensions_disabled()
+
+
+SUPPORTED = ["cp310", "cp311", "cp312", "cp313", "cp314", "cp314t"]
+PLATFORMS = {
+    "linux": ["manylinux_x86_64", "manylinux_aarch64", "musllinux_x86_64", "musllinux_aarch64"],
+    "macos": ["macosx_x86_64", "macosx_arm64"],
+    "windows": ["win_amd64"],
+}
+
+
+@pytest.mark.parametrize("platform", sorted(PLATFORMS))
+def test_cibuildwheel_builds_every_supported_python_for_every_platform(platform):
+    """pyproject.toml's [tool.cibuildwheel], as cibuildwheel itself reads it."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "cibuildwheel", "--print-build-identifiers", "--platform", platform],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CIBW_")},
+    )
+    assert listed.returncode == 0, listed.stderr
+    expected = {f"{python}-{tag}" for python in SUPPORTED for tag in PLATFORMS[platform]}
+    assert set(listed.stdout.split()) == expected
+
+
+def test_the_wheel_workflow_builds_on_every_platform_and_checks_each_wheel():
+    workflow = (ROOT / ".github" / "workflows" / "wheels.yml").read_text()
+    archs = set(re.findall(r"archs: (\w+)\}", workflow))
+
+    assert archs == {"x86_64", "aarch64", "arm64", "AMD64"}
+    assert "pypa/cibuildwheel@" in workflow and "python -m build --sdist" in workflow
+    assert pyproject()["tool"]["cibuildwheel"]["test-command"] == "python {project}/tests/wheel_check.py 300"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("WS4REDIS_NO_EXTENSIONS", "") not in ("", "0"),
+    reason="builds the distributions from source: once, in the compiled run",
+)
+def test_python_m_build_makes_an_sdist_and_a_wheel_that_installs_and_works(tmp_path):
+    dist = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
+        capture_output=True, text=True, timeout=900,
+        env={k: v for k, v in os.environ.items() if k != "WS4REDIS_NO_EXTENSIONS"},
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    [sdist] = dist.glob("ws4redis-*.tar.gz")
+    [wheel] = dist.glob("ws4redis-*.whl")
+    assert re.search(r"-cp3\d+-cp3\d+t?-linux_x86_64\.whl$", wheel.name), f"not compiled: {wheel.name}"
+
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    shipped = {"ext/utf8.pyx", "ext/utf8_core.h", "docs/conf.py", "docs/index.md", "tests/wheel_check.py"}
+    assert shipped <= names
+    assert not [name for name in names if name.endswith((".so", ".c"))]
+    with zipfile.ZipFile(wheel) as archive:
+        inside = set(archive.namelist())
+    assert "ws4redis/static/js/ws4redis.js" in inside and "ws4redis/pure/utf8.py" in inside
+    assert len([name for name in inside if name.startswith("ws4redis/_speedups_")]) == 3
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                             capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-3000:]
+    check = subprocess.run([str(python), str(ROOT / "tests" / "wheel_check.py"), "100"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert '"rounds": 100' in check.stdout

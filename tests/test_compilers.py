@@ -1,0 +1,75 @@
+"""The C in ext/ builds with clang and in its standard-C form (what MSVC compiles), and each build
+gives the pure twin's results byte for byte.
+
+Wheels are built by cibuildwheel with clang on macOS and MSVC on Windows, which this machine cannot
+run. Two builds stand in for them: clang itself, and GCC with ``WS4REDIS_PORTABLE_C``, which takes
+the paths a compiler without GCC extensions gets (no vector types, no attributes, no x86-64 SIMD
+scanners). Both must compile ext/'s headers without a warning and agree with ``ws4redis.pure`` on a
+seeded batch of masking, UTF-8 and frame parsing.
+
+They build from the sources, whatever core the suite runs on, so they run once: in the
+compiled-core run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sysconfig
+
+import pytest
+
+from tests.builds import ROOT, build_copy, run_in_copy
+from ws4redis.speedups import extensions_disabled
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(extensions_disabled(), reason="builds ext/ from source: once, in the compiled run"),
+]
+
+OWN_HEADERS = re.compile(r"ext/(mask_core|utf8_core)\.h:\d+:\d+: (warning|error)")
+
+
+
+def parity(target, rounds: int = 300) -> dict:
+    """tests/wheel_check.py (the check cibuildwheel runs on each wheel) against the build at ``target``."""
+    result = run_in_copy(target, str(ROOT / "tests" / "wheel_check.py"), str(rounds))
+    assert result.returncode == 0, f"the parity batch failed: {result.stderr[-4000:]}"
+    return json.loads(result.stdout)
+
+
+def test_the_headers_are_standard_c11_in_both_forms(tmp_path):
+    """ext/'s C cores, as MSVC sees them and as GCC/clang do, under -std=c11 -pedantic-errors -Werror."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    source = tmp_path / "headers.c"
+    source.write_text('#include "mask_core.h"\n#include "utf8_core.h"\n')
+    for defines in (["-DWS4REDIS_PORTABLE_C"], []):
+        check = subprocess.run(
+            [compiler, "-std=c11", "-pedantic-errors", "-Wall", "-Wextra", "-Werror", *defines,
+             f"-I{ROOT / 'ext'}", "-fsyntax-only", str(source)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert check.returncode == 0, f"{compiler} {defines}: {check.stderr[-3000:]}"
+
+
+def test_the_standard_c_build_compiles_cleanly_and_matches_the_pure_twin(tmp_path):
+    build = build_copy(tmp_path, CFLAGS="-DWS4REDIS_PORTABLE_C -Wall -Wextra")
+
+    assert OWN_HEADERS.findall(build.stderr) == [], build.stderr[-3000:]
+    report = parity(tmp_path)
+    assert report == {"rounds": 300, "scanners": ["base"]}, "the standard-C build must have no SIMD scanner"
+
+
+def test_the_clang_build_compiles_cleanly_and_matches_the_pure_twin(tmp_path):
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.fail("this test needs clang (apt-get install clang; tests/run.py installs it)", pytrace=False)
+    build = build_copy(tmp_path, CC=clang, LDSHARED=f"{clang} -shared", CFLAGS="-Wall -Wextra")
+
+    assert re.search(rf"^{re.escape(clang)} .*ext/utf8\.c", build.stdout, re.MULTILINE), "clang was not used"
+    assert OWN_HEADERS.findall(build.stderr) == [], build.stderr[-3000:]
+    report = parity(tmp_path)
+    assert report["rounds"] == 300
+    assert "base" in report["scanners"]
