@@ -151,6 +151,23 @@ def test_a_good_cluster_setting_passes():
     check_connection_settings({"cluster": ["rediss://user:secret@10.0.0.1:7000"], "ssl_cert_reqs": "none"})
 
 
+def test_a_cluster_client_with_gevent_sockets_uses_them_for_every_node(cluster):
+    """uWSGI without an early patch gives the hub's cluster client gevent connections; every node's
+    pool must use them (redis-py before 8.2 took no connection_class outside a URL-made client)."""
+    from ws4redis.gevent_redis import GeventConnection
+    from ws4redis.redis_cluster import build_cluster_client
+
+    client = build_cluster_client(cluster.connection, connection_class=GeventConnection)
+    try:
+        assert client.ping()
+        nodes = client.get_nodes()
+        assert len(nodes) >= 3
+        pools = {node.redis_connection.connection_pool for node in nodes}
+        assert {pool.connection_class for pool in pools} == {GeventConnection}
+    finally:
+        client.close()
+
+
 def test_publisher_spublishes_on_the_slot_master_and_keeps_the_message_there(on_cluster):
     cluster = on_cluster
     facilities = [f"pub-{uuid.uuid4().hex[:8]}-{index}" for index in range(12)]

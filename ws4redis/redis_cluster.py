@@ -130,12 +130,18 @@ def build_cluster_client(config: Mapping[str, Any], connection_class: type | Non
     Raises a redis error (``RedisClusterException``, a ``ConnectionError``) when no node answers.
     """
     options = {**node_options(config), **overrides}
-    if connection_class is not None and not options.get("ssl"):
-        options["connection_class"] = connection_class
     for key, client_key in CLIENT_KEYS.items():
         if key in config:
             options[client_key] = config[key]
     nodes = [ClusterNode(host, port) for host, port in startup_nodes(config)]
+    if connection_class is not None and not options.get("ssl"):
+        # redis-py before 8.2 hands a node's options to Redis(), which takes no connection_class,
+        # unless the client was named by a URL: then they go to the node's ConnectionPool, which
+        # does. So the first node is given as a URL, the others as startup nodes.
+        first = nodes.pop(0)
+        host = f"[{first.host}]" if ":" in first.host else first.host
+        return client_class(url=f"redis://{host}:{first.port}", startup_nodes=nodes,
+                            connection_class=connection_class, **options)
     return client_class(startup_nodes=nodes, **options)
 
 
