@@ -8,6 +8,7 @@ with small sizes so the file runs in seconds.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -252,6 +253,38 @@ def test_a_refused_handshake_is_reported_with_its_status(gevent_server):
     assert report["connected"] == 0 and report["errors"] == 3
     [kind] = report["error_kinds"]
     assert kind.startswith("handshake: HTTP 403")
+
+
+def test_a_terminal_gets_a_live_progress_line_and_a_pipe_gets_none(gevent_server, redis_server):
+    """On a TTY, stderr shows the phase, deliveries, open sockets, the rate and what was lost so far,
+    redrawn in place; the same run with stderr on a pipe prints no progress at all."""
+    args = [sys.executable, "-m", "ws4redis.bench", gevent_server.url("/ws/bench-tool?subscribe-broadcast"),
+            "--redis", redis_server.url, "-n", "20", "-m", "150", "--rate", "100"]
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=terminal, text=True)
+        os.close(terminal)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal is gone: the process closed its end
+                break
+            if not chunk:
+                break
+            screen += chunk
+        output, _ = process.communicate(timeout=BENCH_TIMEOUT)
+    finally:
+        os.close(controller)
+    assert process.returncode == 0, (output, screen.decode(errors="replace")[-3000:])
+    text = screen.decode(errors="replace")
+    publishing = [line for line in text.split("\r") if line.lstrip().startswith("publish [")]
+    assert publishing, f"no progress line while publishing:\n{text!r}"
+    assert all(" 20 open " in line and "/s  lost 0" in line for line in publishing), publishing
+
+    _, piped = bench(*args[3:])
+    assert "publish [" not in piped.stderr and "\r" not in piped.stderr
 
 
 def test_undelivered_messages_are_counted_as_lost(gevent_server, redis_server):

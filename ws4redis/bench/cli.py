@@ -246,7 +246,8 @@ def raise_fd_limit(needed: int) -> None:
 
 
 async def draw_progress(progress: Progress) -> None:
-    """The phase, its progress and, while messages flow, the rate of the last interval."""
+    """The phase, its progress, the open sockets and, while messages flow, the rate of the last interval
+    and the messages lost so far."""
     last_done, last_time = 0, time.monotonic()
     while True:
         await asyncio.sleep(PROGRESS_INTERVAL)
@@ -256,9 +257,10 @@ async def draw_progress(progress: Progress) -> None:
         rate = (progress.done - last_done) / (now - last_time) if progress.done >= last_done else 0.0
         last_done, last_time = progress.done, now
         flowing = progress.phase in ("publish", "echo", "drain")
+        figures = f"  {rate:,.0f}/s  lost {progress.lost():,}" if flowing else ""
         sys.stderr.write(
             f"\r{progress.phase:>8} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-            f"{progress.done:,}/{progress.total:,}" + (f"  {rate:,.0f}/s" if flowing else "") + "   "
+            f"{progress.done:,}/{progress.total:,}  {progress.connected():,} open{figures}   "
         )
         sys.stderr.flush()
 

@@ -161,6 +161,8 @@ class BenchClient(asyncio.Protocol):
         self.sender = sender
         self.warmup = KIND_WARMUP + sender[len(KIND_WARMUP) : RUN_PREFIX_SIZE]
         self.seen = bytearray(messages)
+        self.highest = -1  # the highest sequence number received
+        self.received = 0  # distinct sequence numbers received
         self.transport: asyncio.Transport | None = None
         self.open = False
         self.closing = False
@@ -249,6 +251,9 @@ class BenchClient(asyncio.Protocol):
                     stats.duplicates += 1
                     continue
                 seen[seq] = 1
+                self.received += 1
+                if seq > self.highest:
+                    self.highest = seq
                 stats.latencies.append(now - sent)
                 stats.arrivals.append(now)
                 delivered += 1
@@ -287,6 +292,10 @@ class BenchClient(asyncio.Protocol):
 
     def send_message(self, payload: bytes) -> None:
         self._send(constants.OP_TEXT, payload)
+
+    def skipped(self) -> int:
+        """Sequence numbers below the highest one received that never arrived."""
+        return self.highest + 1 - self.received
 
     def expect(self, seq: int) -> asyncio.Future:
         """A future resolved when the message numbered ``seq`` comes back."""

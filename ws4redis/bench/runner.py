@@ -129,6 +129,16 @@ class Progress:
         self.phase = "start"
         self.done = 0
         self.total = 0
+        self.stats: Stats | None = None  # open sockets, deliveries
+        self.clients: list[BenchClient] = []
+
+    def connected(self) -> int:
+        return self.stats.open_clients if self.stats is not None else 0
+
+    def lost(self) -> int:
+        """Messages every client has seen a later one of but not itself: lost, as Redis and a websocket
+        deliver in order (what is still on its way does not count)."""
+        return sum(client.skipped() for client in self.clients)
 
 
 class Run:
@@ -137,11 +147,13 @@ class Run:
     def __init__(self, options: Options, progress: Progress | None = None) -> None:
         self.options = options
         self.stats = Stats()
+        self.clients: list[BenchClient] = []
         self.progress = progress or Progress()
+        self.progress.stats = self.stats
+        self.progress.clients = self.clients
         self.target = Target(options.url, list(options.headers), compression=options.compression,
                              history=options.history, ca_file=options.ca_file, insecure=options.insecure)
         self.padding = padding(options.size, options.payload)
-        self.clients: list[BenchClient] = []
         self.server = ProcessTree(options.server_pid) if options.server_pid else None
         self.envelope = split_envelope(options.envelope)
         self.run_id = random.getrandbits(32)
