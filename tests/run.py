@@ -23,6 +23,7 @@ SYSTEM_PACKAGES = {
     "chromium": "chromium",
     "chromedriver": "chromium-driver",
     "clang": "clang",
+    "nginx": "nginx",
 }
 
 
