@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = 3  # _speedups_mask, _speedups_utf8, _speedups_frames
 
 
+def copy_sources(target: Path) -> None:
+    """What a build needs, without build products: ``ext/``, ``ws4redis/`` and the project files."""
+    shutil.copytree(ROOT / "ext", target / "ext", ignore=shutil.ignore_patterns("*.c", "*.so"))
+    shutil.copytree(
+        ROOT / "ws4redis", target / "ws4redis", ignore=shutil.ignore_patterns("*.so", "__pycache__")
+    )
+    for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in"):
+        shutil.copy(ROOT / name, target / name)
+
+
 def build_copy(target: Path, **env: str) -> subprocess.CompletedProcess:
     """Copy the sources to ``target`` and build the extensions there; the result carries the compiler output.
 
@@ -24,11 +34,7 @@ def build_copy(target: Path, **env: str) -> subprocess.CompletedProcess:
     """
     import pytest
 
-    shutil.copytree(ROOT / "ext", target / "ext", ignore=shutil.ignore_patterns("*.c", "*.so"))
-    shutil.copytree(
-        ROOT / "ws4redis", target / "ws4redis", ignore=shutil.ignore_patterns("*.so", "__pycache__")
-    )
-    shutil.copy(ROOT / "setup.py", target / "setup.py")
+    copy_sources(target)
     build = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--inplace", "--force"],
         cwd=target,

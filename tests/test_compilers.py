@@ -14,14 +14,17 @@ compiled-core run.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
+import zipfile
 
 import pytest
 
-from tests.builds import ROOT, build_copy, run_in_copy
+from tests.builds import ROOT, build_copy, copy_sources, run_in_copy
 from ws4redis.speedups import extensions_disabled
 
 pytestmark = [
@@ -73,3 +76,27 @@ def test_the_clang_build_compiles_cleanly_and_matches_the_pure_twin(tmp_path):
     report = parity(tmp_path)
     assert report["rounds"] == 300
     assert "base" in report["scanners"]
+
+
+def test_without_a_working_compiler_pip_installs_the_pure_core_and_says_so(tmp_path):
+    """A machine whose C compiler fails: the wheel still builds, warns, and runs on the pure core."""
+    copy_sources(tmp_path / "src")
+    wheel = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(tmp_path / "src")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CC": "/bin/false", "LDSHARED": "/bin/false", "WS4REDIS_NO_EXTENSIONS": ""},
+    )
+    assert wheel.returncode == 0, wheel.stderr[-3000:]
+    [built] = (tmp_path / "dist").glob("ws4redis-*.whl")
+    with zipfile.ZipFile(built) as archive:
+        assert not [name for name in archive.namelist() if name.startswith("ws4redis/_speedups_")]
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(built)], check=True, timeout=300)
+    probe = "import ws4redis.speedups as s; print(s.COMPILED, s.validate_utf8(b'ok'))"
+    used = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert used.stdout.split() == ["False", "True"], used.stderr
+    assert "compiled speedups unavailable" in used.stderr and "pure-Python core" in used.stderr
