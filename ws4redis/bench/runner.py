@@ -136,8 +136,8 @@ class Progress:
         return self.stats.open_clients if self.stats is not None else 0
 
     def lost(self) -> int:
-        """Messages every client has seen a later one of but not itself: lost, as Redis and a websocket
-        deliver in order (what is still on its way does not count)."""
+        """Messages a client never got although it got a later one: lost, since Redis and a websocket
+        deliver in order (messages still on their way do not count)."""
         return sum(client.skipped() for client in self.clients)
 
 
