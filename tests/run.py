@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# A fresh build (-E) in which every warning (-W, -n: a broken link or reference) fails it.
+SPHINX = ["-E", "-W", "--keep-going", "-n", "-q", "-b", "html"]
 LINTED = ["ws4redis", "tests", "benchmarks", "examples", "docs", "setup.py"]
 # binary -> the Debian package that has it
 SYSTEM_PACKAGES = {
@@ -52,7 +54,7 @@ def main() -> None:
     extra = sys.argv[1:]
     py = sys.executable
     run("lint", [py, "-m", "ruff", "check", *LINTED])
-    run("docs", [py, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", "docs", "build/docs"])
+    run("docs", [py, "-m", "sphinx", *SPHINX, "docs", "build/docs"])
     run("tests, compiled core", [py, "-m", "pytest", *extra], WS4REDIS_EXPECT_COMPILED="1")
     run("tests, pure-Python core", [py, "-m", "pytest", *extra], WS4REDIS_NO_EXTENSIONS="1")
     run("benchmarks, one round each", [py, "-m", "pytest", "benchmarks", "--benchmark-disable", "-q"])

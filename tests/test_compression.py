@@ -335,7 +335,7 @@ def test_corrupt_compressed_data_closes_with_1002(running, kind):
 @pytest.mark.browser
 @pytest.mark.parametrize("kind", KINDS)
 def test_chromium_negotiates_compression_and_exchanges_messages(running, kind):
-    from tests.test_browser import WAIT, browser_driver
+    from tests.chromium import WAIT, browser_driver
 
     server = server_of(running, kind)
     facility = f"chromium-{uuid.uuid4().hex[:6]}"

@@ -251,7 +251,7 @@ def test_another_server_process_recovers_what_the_first_ones_client_missed(runni
 def test_ws4redis_js_resumes_where_it_left_off_across_a_server_restart(site):
     """Headless Chromium with ws4redis.js (history: true) loses its server for a restart while 50
     messages are published; it reconnects by itself, gets the 50 in order, and hears recovered(true)."""
-    from tests.test_browser import browser_driver, wait_until
+    from tests.chromium import browser_driver, wait_until
 
     server = servers.gevent_server(site)
     server.start()
