@@ -30,6 +30,8 @@ from ws4redis.publisher import RedisPublisher
 from ws4redis.redis_config import check_connection_settings
 from ws4redis.redis_store import RedisMessage
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 KINDS = [pytest.param(kind, marks=[pytest.mark.uwsgi] if kind == "uwsgi" else [])
          for kind in ("gevent", "uwsgi")]
 

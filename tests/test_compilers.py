@@ -7,8 +7,7 @@ the paths a compiler without GCC extensions gets (no vector types, no attributes
 scanners). Both must compile ext/'s headers without a warning and agree with ``ws4redis.pure`` on a
 seeded batch of masking, UTF-8 and frame parsing.
 
-They build from the sources, whatever core the suite runs on, so they run once: in the
-compiled-core run.
+They build from the sources, whatever core the suite runs on, so tests/run.py runs them once.
 """
 
 from __future__ import annotations
@@ -25,12 +24,8 @@ import zipfile
 import pytest
 
 from tests.builds import ROOT, build_copy, copy_sources, run_in_copy
-from ws4redis.speedups import extensions_disabled
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(extensions_disabled(), reason="builds ext/ from source: once, in the compiled run"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 OWN_HEADERS = re.compile(r"ext/(mask_core|utf8_core)\.h:\d+:\d+: (warning|error)")
 

@@ -25,6 +25,8 @@ from tests.polling import wait_until
 from tests.servers import STARTERS, Site, serving
 from ws4redis.embedded_redis import free_port, stop_process
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT = ROOT / "docs" / "deployment.md"
 TIMEOUT = 15.0

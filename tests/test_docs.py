@@ -14,6 +14,8 @@ import pytest
 
 from ws4redis import settings as ws4redis_settings
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 

@@ -13,6 +13,8 @@ import pytest
 
 from ws4redis import embedded_redis
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 
 @pytest.fixture
 def fresh_lookup():

@@ -31,6 +31,8 @@ from tests.builds import build_copy, run_in_copy
 from ws4redis import constants
 from ws4redis.exceptions import InvalidPayloadError, MessageTooBigError, ProtocolError
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"\x37\xfa\x21\x3d"
 TEXT, BINARY, CONT = constants.OP_TEXT, constants.OP_BINARY, constants.OP_CONTINUATION

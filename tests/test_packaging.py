@@ -28,6 +28,8 @@ import pytest
 
 from tests.compiled import require_compiled
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:
@@ -264,10 +266,6 @@ def test_the_wheel_workflow_builds_on_every_platform_and_checks_each_wheel():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("WS4REDIS_NO_EXTENSIONS", "") not in ("", "0"),
-    reason="builds the distributions from source: once, in the compiled run",
-)
 def test_python_m_build_makes_an_sdist_and_a_wheel_that_installs_and_works(tmp_path):
     dist = tmp_path / "dist"
     build = subprocess.run(

@@ -22,6 +22,8 @@ from ws4redis.pure import frames as pure_frames
 from ws4redis.pure import mask as pure_mask
 from ws4redis.pure import utf8 as pure_utf8
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 TEXT, BINARY, CONT = constants.OP_TEXT, constants.OP_BINARY, constants.OP_CONTINUATION
 CLOSE, PING, PONG = constants.OP_CLOSE, constants.OP_PING, constants.OP_PONG
 

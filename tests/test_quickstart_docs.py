@@ -21,7 +21,7 @@ import redis
 from tests.chromium import browser_driver, wait_until
 from ws4redis.embedded_redis import free_port, stop_process
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.once]
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "docs" / "quickstart.md"

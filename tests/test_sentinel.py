@@ -22,6 +22,8 @@ from tests.servers import Site, serving
 from tests.servers import ws_connect as ws
 from ws4redis.redis_config import check_connection_settings
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 KINDS = [pytest.param(kind, marks=[pytest.mark.uwsgi] if kind == "uwsgi" else [])
          for kind in ("gevent", "uwsgi")]
 

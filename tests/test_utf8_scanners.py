@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from ws4redis.pure import utf8 as pure_utf8
 
+pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
+
 SCANNERS = ("base", "bmi2", "avx2")
 CONTEXTS = (b"", b"a" * 70, "ж".encode() * 45, "中".encode() * 30, "😀".encode() * 25)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
