@@ -36,14 +36,18 @@ SETTINGS_MARKER = "<!-- settings-reference -->"
 
 
 def settings_reference() -> str:
-    """The table of every setting in ``ws4redis.settings.SETTINGS``, as Markdown."""
+    """A Markdown section per setting of ``ws4redis.settings.SETTINGS``: default, value, readers, meaning."""
     from ws4redis.settings import SETTINGS
 
-    rows = ["| setting | default | value | read by | meaning |", "|---|---|---|---|---|"]
+    sections = []
     for setting in SETTINGS:
-        cells = [f"`{setting.name}`", f"`{setting.default!r}`", setting.kind, setting.read_by, setting.doc]
-        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return "\n".join(rows)
+        sections.append(
+            f"### `{setting.name}`\n\n"
+            f"**Default** `{setting.default!r}` · **Value** {setting.kind} · "
+            f"**Read by** {setting.read_by}\n\n"
+            f"{setting.doc}\n"
+        )
+    return "\n".join(sections)
 
 
 def _insert_settings(app: Any, docname: str, source: list[str]) -> None:

@@ -39,15 +39,15 @@ def names_read_by_the_package() -> set[str]:
 
 
 def test_the_settings_reference_is_generated_with_every_setting_its_default_and_its_readers():
-    table = load_conf()["settings_reference"]()
-    rows = table.splitlines()[2:]
+    reference = load_conf()["settings_reference"]()
+    sections = reference.split("### ")[1:]
 
-    assert len(rows) == len(ws4redis_settings.SETTINGS) == len(ws4redis_settings.DEFAULTS)
-    for setting, row in zip(ws4redis_settings.SETTINGS, rows, strict=True):
-        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]]
-        assert cells[0] == f"`{setting.name}`"
-        assert cells[1] == f"`{ws4redis_settings.DEFAULTS[setting.name]!r}`"
-        assert cells[2] and cells[3] and cells[4], f"{setting.name} lacks a type, a reader or a meaning"
+    assert len(sections) == len(ws4redis_settings.SETTINGS) == len(ws4redis_settings.DEFAULTS)
+    for setting, section in zip(ws4redis_settings.SETTINGS, sections, strict=True):
+        heading, facts, meaning = [part.strip() for part in section.split("\n\n")[:3]]
+        assert heading == f"`{setting.name}`"
+        assert facts.startswith(f"**Default** `{ws4redis_settings.DEFAULTS[setting.name]!r}` · **Value** ")
+        assert setting.kind and setting.read_by and meaning == setting.doc, f"{setting.name} is incomplete"
 
 
 def test_every_name_the_package_reads_is_documented_in_the_settings_page():
