@@ -11,7 +11,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import BaseError, CCompilerError
 
-EXTENSIONS = ["mask", "utf8", "frames"]
+EXTENSIONS = ["mask", "utf8", "frames"]  # the sans-I/O core; pure twins in ws4redis/pure
+# The fan-out's send lanes write to sockets (sendmsg): pure twin ws4redis/server/lanes.py, POSIX only.
+POSIX_EXTENSIONS = ["fanout"]
 
 # What a missing or failing C toolchain raises: a compile or link error
 # (CCompilerError); no compiler for the platform, a compiler that exits with an
@@ -77,7 +79,7 @@ def extensions() -> list[Extension]:
             include_dirs=["ext"],
             depends=shared,
         )
-        for name in EXTENSIONS
+        for name in EXTENSIONS + (POSIX_EXTENSIONS if os.name == "posix" else [])
     ]
     return cythonize(
         modules,

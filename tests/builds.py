@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = 3  # _speedups_mask, _speedups_utf8, _speedups_frames
+MODULES = 4  # _speedups_mask, _speedups_utf8, _speedups_frames, _speedups_fanout
 
 
 def copy_sources(target: Path) -> None:

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 
 import pytest
 
-NAMES = ("mask", "utf8", "frames")
+NAMES = ("mask", "utf8", "frames", "fanout")
 
 
 def import_compiled() -> tuple[SimpleNamespace | None, ImportError | None]:
-    """The compiled modules as ``.mask``, ``.utf8`` and ``.frames``, or the ImportError."""
+    """The compiled modules as ``.mask``, ``.utf8``, ``.frames`` and ``.fanout``, or the ImportError."""
     try:
         modules = {name: importlib.import_module(f"ws4redis._speedups_{name}") for name in NAMES}
     except ImportError as exc:

@@ -369,6 +369,7 @@ def test_a_hub_on_a_cluster_refuses_patterns_before_registering_anything(on_clus
     class Listener:
         deflation = None
         envelope = False
+        lane = None
 
         def deliver(self, frame, payload, channel, offset):
             return False

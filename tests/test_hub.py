@@ -61,6 +61,7 @@ class Collector:
 
     deflation = None
     envelope = False
+    lane = None  # no socket: every delivery comes through deliver()
 
     def __init__(self):
         self.frames = []
@@ -79,6 +80,9 @@ class Collector:
     def flush(self):
         self.flushes += 1
         self.pending = False
+
+    def spilled(self):
+        raise AssertionError("a listener without a lane cannot spill")
 
 
 def wait_for(predicate, limit=10.0):

@@ -375,6 +375,52 @@ for round_ in range(rounds):
             position += step
     except ProtocolError:
         pass
+
+# The send lanes: random deliveries, flushes, takes, closes and reopens over small socket buffers
+# (spills with partial frames), audiences that outlive their lanes, peers that vanish.
+import socket
+from ws4redis import _speedups_fanout as fanout
+pairs = []
+for _ in range(4):
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pairs.append([ours, peer])
+lanes = fanout.SendLanes(rng.choice([64, 4096, 16384]), rng.choice([1, 3, 256]))
+ids = [lanes.open(ours.fileno(), index) for index, (ours, _) in enumerate(pairs)]
+audiences = [lanes.audience(ids)]
+for round_ in range(rounds * 10):
+    action = rng.random()
+    if action < 0.5:
+        lanes.deliver(rng.randbytes(rng.choice([0, 1, 100, 2000, 70000])), rng.choice(audiences))
+    elif action < 0.6:
+        lanes.flush()
+    elif action < 0.75:
+        index = rng.randrange(len(ids))
+        lanes.take(ids[index])
+        if rng.random() < 0.7:
+            lanes.resume(ids[index])
+    elif action < 0.8:
+        audiences.append(lanes.audience(rng.sample(ids, rng.randint(0, len(ids)))))
+        audiences = audiences[-5:]
+    elif action < 0.85:
+        index = rng.randrange(len(ids))
+        lanes.close(ids[index])
+        ids[index] = lanes.open(pairs[index][0].fileno(), index)
+    elif action < 0.87:
+        index = rng.randrange(len(ids))
+        pairs[index][1].close()  # the peer is gone: the next write fails with EPIPE
+        pairs[index][1] = socket.socket()
+    else:
+        for _, peer in pairs:
+            try:
+                peer.recv(1 << 20)
+            except OSError:
+                pass
+    for index in lanes.pop_spilled():
+        lanes.take(ids[index])
+del lanes
 print("ok", rounds)
 """
 

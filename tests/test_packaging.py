@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.builds import MODULES
 from tests.compiled import require_compiled
 
 pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
@@ -154,7 +155,9 @@ def test_each_extension_has_its_source_its_pure_twin_and_its_facade_imports():
     imports = facade_imports()
     facade = importlib.import_module("ws4redis.speedups")
 
-    assert sorted(extensions) == sorted(p.stem for p in (ROOT / "ext").glob("*.pyx"))
+    posix = module_constant(ROOT / "setup.py", "POSIX_EXTENSIONS")
+    assert posix == ["fanout"] and (ROOT / "ws4redis" / "server" / "lanes.py").is_file()
+    assert sorted(extensions + posix) == sorted(p.stem for p in (ROOT / "ext").glob("*.pyx"))
     for name in extensions:
         assert (ROOT / "ws4redis" / "pure" / f"{name}.py").is_file(), name
     assert imports["compiled"] == imports["pure"]
@@ -286,7 +289,7 @@ def test_python_m_build_makes_an_sdist_and_a_wheel_that_installs_and_works(tmp_p
     with zipfile.ZipFile(wheel) as archive:
         inside = set(archive.namelist())
     assert "ws4redis/static/js/ws4redis.js" in inside and "ws4redis/pure/utf8.py" in inside
-    assert len([name for name in inside if name.startswith("ws4redis/_speedups_")]) == 3
+    assert len([name for name in inside if name.startswith("ws4redis/_speedups_")]) == MODULES
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

@@ -72,6 +72,7 @@ from ws4redis.pubsub_parser import PubSubParser
 from ws4redis.redis_cluster import build_cluster_client, fetch_values, is_cluster, node_options
 from ws4redis.redis_errors import UNAVAILABLE, BrokerUnavailable
 from ws4redis.redis_store import as_bytes
+from ws4redis.server.fanout import Audience, SendLanes
 from ws4redis.server.rules import forwarded
 from ws4redis.shard_router import NO_PATTERNS, ShardRouter
 
@@ -90,10 +91,14 @@ class Listener(Protocol):
     compresses a published message once for all the sockets that share a compressor.
     ``envelope``: the client asked for history envelopes (``ws4redis.history.message_event``)
     instead of bare messages; the hub frames each kind once.
+    ``lane``: the listener's lane in :attr:`Hub.lanes` (None: it has none). While the listener
+    keeps its lane resumed, the hub writes to its socket from C and calls :meth:`deliver` only
+    when the lane is not; a lane that spills is handed back with :meth:`spilled`.
     """
 
     deflation: Deflation | None
     envelope: bool
+    lane: int | None
 
     def deliver(self, frame: bytes, payload: bytes, channel: str, offset: bytes | None) -> bool:
         """Queue ``frame`` (``payload`` framed, from ``channel``, at ``offset`` in its history if it
@@ -101,6 +106,9 @@ class Listener(Protocol):
 
     def flush(self) -> None:
         """Write what was queued, without blocking."""
+
+    def spilled(self) -> None:
+        """Its lane's socket did not take everything: take the rest (``Hub.lanes.take``) and write it."""
 
 
 class Router(Protocol):
@@ -202,11 +210,13 @@ class Hub:
             self.client = client if client is not None else HubRedis(
                 connection_pool=cooperative_pool(get_connection_pool()))
             self.router = ChannelRouter(self, make_connection or hub_connection_factory(self.name))
+        # The sockets written by the fan-out loop itself (ws4redis.fanout): one lane per websocket.
+        self.lanes = SendLanes()
         self._listeners: dict[bytes, dict[Listener, None]] = {}
         self._pattern_listeners: dict[bytes, dict[Listener, None]] = {}
         # Listeners per channel grouped by the frame they need, rebuilt lazily after a change.
-        self._fanout: dict[bytes, tuple[tuple[Any, bool, tuple[Listener, ...]], ...]] = {}
-        self._pattern_fanout: dict[bytes, tuple[tuple[Any, bool, tuple[Listener, ...]], ...]] = {}
+        self._fanout: dict[bytes, tuple[Group, ...]] = {}
+        self._pattern_fanout: dict[bytes, tuple[Group, ...]] = {}
         self._pending: list[Listener] = []
         # Channels that keep a history (WS4REDIS_HISTORY): their label in envelopes, and the offset
         # of the last message the hub saw on each, to replay what a reconnect to Redis missed.
@@ -239,6 +249,7 @@ class Hub:
         return {
             "hub_connected": {"": float(self.connected)},
             "pubsub_connections": {"": sum(link.connected for link in self.router.links)},
+            "lane_deliveries": {"": self.lanes.delivered},
         }
 
     @property
@@ -336,7 +347,7 @@ class Hub:
             members = (self._pattern_listeners if pattern else self._listeners).get(key)
             if not members:
                 return  # unsubscribed meanwhile
-            groups = fanout[key] = _by_kind(members)
+            groups = fanout[key] = _by_kind(members, self.lanes)
         label = None if pattern else self._history.get(key)
         offset = binary = None
         if label is not None:
@@ -351,10 +362,11 @@ class Hub:
             return
         name = (channel if pattern else key).decode("utf-8", "replace")
         pending = self._pending
+        lanes = self.lanes
         envelope = None
         plain: dict[bool, bytes] = {}  # the uncompressed frame of each kind, made once
-        for deflation, enveloped, listeners in groups:
-            METRICS.deliveries += len(listeners)
+        for deflation, enveloped, audience in groups:
+            METRICS.deliveries += len(audience)
             if enveloped and envelope is None:
                 envelope = message_event(label or name, offset, binary, payload)
             body, kind = (envelope, False) if enveloped else (payload, binary)
@@ -362,17 +374,30 @@ class Hub:
                 sent = frame_compressed(body, deflation.compressor, kind)  # once for the whole group
             else:
                 sent = plain.get(enveloped) or plain.setdefault(enveloped, frame_payload(body, kind))
-            for listener in listeners:
-                if listener.deliver(sent, payload, name, offset):
-                    pending.append(listener)
+            slow = lanes.deliver(sent, audience)  # the lanes written from C; the others come back
+            if lanes.spilled:
+                self._hand_back_spilled()
+            for listeners in (slow, audience.others):
+                for listener in listeners:
+                    if listener.deliver(sent, payload, name, offset):
+                        pending.append(listener)
 
     def flush_pending(self) -> None:
-        """Let every listener that received something write it out (non-blocking)."""
+        """Write every lane that received something, and let every other such listener write."""
+        lanes = self.lanes
+        lanes.flush()
+        if lanes.spilled:
+            self._hand_back_spilled()
         pending = self._pending
         if pending:
             self._pending = []
             for listener in pending:
                 listener.flush()
+
+    def _hand_back_spilled(self) -> None:
+        """The listeners whose socket did not take all its lane held: each queues the rest itself."""
+        for listener in self.lanes.pop_spilled():
+            listener.spilled()
 
     def resend_persisted(self, channels: Iterable[bytes]) -> int:
         """After a reconnect to Redis: deliver what each channel's listeners may have missed; how many.
@@ -454,8 +479,13 @@ def _cluster_client(config: Mapping[str, Any]) -> RedisCluster:
             from exc
 
 
-def _by_kind(members: Iterable[Listener]) -> tuple[tuple[Any, bool, tuple[Listener, ...]], ...]:
-    """The listeners of a channel grouped by the frame they need: (deflation or None, envelope, them)."""
+# One group of a channel's listeners: those needing the same frame (deflation or None, envelope),
+# as an Audience of their lanes and of the listeners with none.
+Group = tuple["Deflation | None", bool, Audience]
+
+
+def _by_kind(members: Iterable[Listener], lanes: SendLanes) -> tuple[Group, ...]:
+    """The listeners of a channel grouped by the frame they need."""
     groups: dict[Any, list[Listener]] = {}
     deflations: dict[Any, Deflation | None] = {}
     for listener in members:
@@ -463,7 +493,13 @@ def _by_kind(members: Iterable[Listener]) -> tuple[tuple[Any, bool, tuple[Listen
         key = (None if deflation is None else (deflation.compressor, deflation.threshold), listener.envelope)
         deflations.setdefault(key, deflation)
         groups.setdefault(key, []).append(listener)
-    return tuple((deflations[key], key[1], tuple(listeners)) for key, listeners in groups.items())
+    return tuple((deflations[key], key[1], _audience(listeners, lanes)) for key, listeners in groups.items())
+
+
+def _audience(listeners: list[Listener], lanes: SendLanes) -> Audience:
+    """The lanes of ``listeners`` that have one; the rest get their deliveries from the hub."""
+    with_lane = [listener.lane for listener in listeners if listener.lane is not None]
+    return lanes.audience(with_lane, [listener for listener in listeners if listener.lane is None])
 
 
 class HubRedis(redis.Redis):

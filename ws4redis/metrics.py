@@ -291,6 +291,9 @@ GAUGES = {
     "hub_connected": ("ws4redis_hub_connected", None, "1 when every hub of the workers reaches Redis."),
     "pubsub_connections": ("ws4redis_redis_pubsub_connections", None,
                            "Redis pub/sub connections held by the hubs."),
+    "lane_deliveries": ("ws4redis_lane_deliveries", None,
+                        "Of the deliveries, those written by the fan-out's send lanes, since the "
+                        "workers started."),
 }
 
 

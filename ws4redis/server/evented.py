@@ -178,7 +178,8 @@ class WebSocketConnection:
         "peer", "_phase", "_queue", "_queued_bytes", "_offset", "_reader", "_watcher", "_blocked",
         "_persisted", "_unpublished", "_in_flight", "_plan", "keepalive", "_closing_since", "_draining_since",
         "_backlogged_since", "_lingering", "refused", "server", "path", "_opened_at", "messages_in",
-        "frames_out", "bytes_out", "deflation", "history", "envelope", "_held", "_floors",
+        "frames_out", "bytes_out", "deflation", "history", "envelope", "_held", "_floors", "lane", "_lanes",
+        "_on_lane",
     )
 
     def __init__(self, fd: int, subscriber: Any, host: ConnectionHost, peer: str, echo: bool,
@@ -232,8 +233,14 @@ class WebSocketConnection:
         self.path = path
         self._opened_at = 0.0  # when the 101 went out; 0 before
         self.messages_in = 0
-        self.frames_out = 0
+        self.frames_out = 0  # written here; the lane counts its own (see sent())
         self.bytes_out = 0
+        # The hub's send lane for this socket: while the connection is on it (``_on_lane``) the hub
+        # writes its live messages from C, and this connection's queue stays empty. Any other
+        # write takes the socket back first (_leave_lane), so frames never overtake each other.
+        self._lanes = host.hub.lanes
+        self._on_lane = False
+        self.lane: int | None = self._lanes.open(fd, self)
 
     # --- the hub's side ---------------------------------------------------
 
@@ -241,6 +248,8 @@ class WebSocketConnection:
         """Queue a frame framed by the hub; True when this connection needs a flush."""
         if self._phase > LIVE or self.protocol.state is not _OPEN:
             METRICS.deliveries_dropped["closed"] += 1
+            return False
+        if self._on_lane and not self._leave_lane():
             return False
         echo_filter = self.echo_filter
         if echo_filter is not None and echo_filter.is_echo(channel, payload):
@@ -272,8 +281,58 @@ class WebSocketConnection:
 
     def flush(self) -> None:
         """Write what is queued, as far as the socket takes it without blocking."""
+        if self._on_lane and not self._leave_lane():
+            return
         if self._queue and not self._blocked and SETUP < self._phase < DONE:
             self._write()
+        self._join_lane()
+
+    def spilled(self) -> None:
+        """The hub's lane could not write everything: what is left is queued here, the socket watched.
+
+        Over the queue limits (a lane corks up to LANE_CORK_FRAMES/BYTES before it writes), the
+        client is as far behind as a queue overflow says: closed with 1008, as deliver() would.
+        """
+        if self._on_lane and self._leave_lane() and self._phase == LIVE and self._over_limits():
+            self._overflow()
+
+    def sent(self) -> tuple[int, int]:
+        """Frames and bytes written to the peer so far, here and by the lane."""
+        if self.lane is None:
+            return self.frames_out, self.bytes_out
+        frames, sent = self._lanes.sent(self.lane)
+        return self.frames_out + frames, self.bytes_out + sent
+
+    # --- the lane -----------------------------------------------------------
+
+    def _join_lane(self) -> None:
+        """Hand live messages to the hub's lane again, if nothing but them is to be written.
+
+        Called only where everything queued was just written (never while the socket is being
+        taken back), so that no frame of the lane can overtake one of the queue.
+        """
+        echo_filter = self.echo_filter
+        if (self.lane is not None and not self._on_lane and self._phase == LIVE and not self._queue
+                and not self._blocked and self.protocol.state is _OPEN and self._held is None
+                and self._floors is None and (echo_filter is None or not echo_filter.waiting)):
+            self._lanes.resume(self.lane)
+            self._on_lane = True
+
+    def _leave_lane(self) -> bool:
+        """Take the socket back from the lane: its unwritten frames go first in the queue and are
+        written at once. False (and the connection aborted) when the lane's last write failed."""
+        self._on_lane = False
+        frames, offset, error = self._lanes.take(self.lane)
+        if frames:
+            self._queue[:0] = frames
+            self._offset = offset
+            self._queued_bytes += sum(map(len, frames)) - offset
+        if error:
+            self._abort(f"write failed: {os.strerror(error)}")
+            return False
+        if frames and not self._blocked:
+            self._write()
+        return True
 
     def send(self, message: str | bytes) -> None:
         """Send one message (0.6.0's ``websocket.send``; custom subscribers call it for persisted ones)."""
@@ -288,6 +347,8 @@ class WebSocketConnection:
     def _send_frames(self, data: bytes) -> None:
         """Queue bytes of our own (control frames, heartbeats) and write them now if possible."""
         if not data or self._phase == DONE:
+            return
+        if self._on_lane and not self._leave_lane():
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
@@ -350,6 +411,7 @@ class WebSocketConnection:
         self._blocked = False
         if self._phase != DONE:
             self._write()
+            self._join_lane()
 
     def _overflow(self) -> None:
         logger.warning(
@@ -375,6 +437,9 @@ class WebSocketConnection:
         """The peer is gone: drop everything queued and release the connection."""
         logger.debug("ws4redis: websocket of %s aborted: %s", self.peer, reason)
         was_setup = self._phase == SETUP
+        if self._on_lane:
+            self._on_lane = False
+            self._queue[:0] = self._lanes.take(self.lane)[0]  # dropped below: the peer is gone
         self._phase = DONE
         METRICS.dropped("closed", len(self._queue))
         self._queue = []
@@ -528,6 +593,7 @@ class WebSocketConnection:
             self._feed(data)
         else:
             self._resume_reading()
+        self._join_lane()
 
     # --- reading (libev callbacks) -------------------------------------------
 
@@ -620,6 +686,8 @@ class WebSocketConnection:
         METRICS.messages_received += 1
         if self.echo_filter is not None:
             self.echo_filter.published(data)
+            if self._on_lane:
+                self._leave_lane()  # its copy will come back: the filter must see every delivery
         if self._unpublished is None:
             self._unpublished = [(data, binary)]
         else:
@@ -734,10 +802,13 @@ class WebSocketConnection:
         Before :meth:`start` the descriptor still belongs to the handler's socket, which closes it.
         """
         self._phase = DONE
+        if self._on_lane:
+            self._on_lane = False
+            self._queue[:0] = self._lanes.take(self.lane)[0]  # counted as dropped below
         METRICS.dropped("closed", len(self._queue))
         self._queue = []
         self._unpublished = None
-        frames, sent = self.frames_out, self.bytes_out
+        frames, sent = self.sent()
         self.frames_out = self.bytes_out = 0  # now the process's: a second finish() adds nothing
         METRICS.frames_sent += frames
         METRICS.bytes_sent += sent
@@ -746,6 +817,9 @@ class WebSocketConnection:
                            time.monotonic() - self._opened_at, self.messages_in, frames, sent)
             self._opened_at = 0.0
         self.host.hub.unsubscribe(self, self.channels, self.patterns)
+        lane, self.lane = self.lane, None
+        if lane is not None:
+            self._lanes.close(lane)  # before the descriptor is closed and its number reused
         try:
             self.subscriber.release()
         finally:
@@ -838,8 +912,9 @@ class ConnectionSet:
         prefix = self.prefix
         frames = sent = 0
         for connection in self._connections:
-            frames += connection.frames_out
-            sent += connection.bytes_out
+            written = connection.sent()
+            frames += written[0]
+            sent += written[1]
             for channel in connection.channels:
                 audience = audience_of(channel, prefix)
                 audiences[audience] = audiences.get(audience, 0) + 1

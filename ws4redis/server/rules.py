@@ -93,6 +93,11 @@ class EchoFilter:
         for channel in self.channels:
             self._pending[(channel, payload)] += 1
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a copy of an own message is still to come back (until then, every delivery counts)."""
+        return bool(self._pending)
+
     def is_echo(self, channel: str, payload: bytes) -> bool:
         key = (channel, payload)
         count = self._pending.get(key, 0)
