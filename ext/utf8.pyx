@@ -29,7 +29,7 @@ ws_utf8_init()
 
 
 def implementations() -> list:
-    """The scanners this processor runs, slowest first (``base``, then ``bmi2``, ``avx2`` on x86-64)."""
+    """The scanners this processor runs, slowest first (``base``, then ``bmi2``, ``avx2``, ``avx512`` on x86-64)."""
     return [ws_utf8_impl_names[impl].decode() for impl in range(WS_UTF8_IMPLS) if ws_utf8_supported(impl)]
 
 

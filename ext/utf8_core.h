@@ -14,12 +14,12 @@
  *   are tested for the high bit and skipped.
  * - two interleaved halves for non-ASCII text (see ws_utf8_scan_generic) and
  *   a BMI2 build picked at run time on x86-64.
- * - on x86-64 processors with AVX2, long runs of text are checked 32 bytes per
- *   step with the lookup algorithm of Keiser and Lemire ("Validating UTF-8 In
+ * - on x86-64 processors with AVX2 (AVX-512BW), long runs of text are checked 32 (64)
+ *   bytes per step with the lookup algorithm of Keiser and Lemire ("Validating UTF-8 In
  *   Less Than One Instruction Per Byte", Software: Practice and Experience,
  *   2021): three 16-entry table lookups classify every byte pair, and two
  *   shifted copies of the input check the lengths of 3- and 4-byte sequences
- *   (see ws_utf8_scan_avx2). The automaton keeps the state between calls and
+ *   (see ws_utf8_scan_simd). The automaton keeps the state between calls and
  *   finds the exact index of a bad byte.
  *
  * Shared by ext/utf8.pyx and ext/frames.pyx. Every read is bounded by ``n``.
@@ -114,11 +114,18 @@ static size_t ws_utf8_scan_bmi2(uint64_t *state, const unsigned char *p, size_t 
 #endif
 #ifdef WS_UTF8_AVX2
 static size_t ws_utf8_scan_avx2(uint64_t *state, const unsigned char *p, size_t n);
+static size_t ws_utf8_scan_avx512(uint64_t *state, const unsigned char *p, size_t n);
 #endif
 
 /* The scanners, slowest first: ws_utf8_select picks one by index. */
-enum { WS_UTF8_IMPL_BASE = 0, WS_UTF8_IMPL_BMI2 = 1, WS_UTF8_IMPL_AVX2 = 2, WS_UTF8_IMPLS = 3 };
-static const char *const ws_utf8_impl_names[WS_UTF8_IMPLS] = {"base", "bmi2", "avx2"};
+enum {
+    WS_UTF8_IMPL_BASE = 0,
+    WS_UTF8_IMPL_BMI2 = 1,
+    WS_UTF8_IMPL_AVX2 = 2,
+    WS_UTF8_IMPL_AVX512 = 3,
+    WS_UTF8_IMPLS = 4
+};
+static const char *const ws_utf8_impl_names[WS_UTF8_IMPLS] = {"base", "bmi2", "avx2", "avx512"};
 static int ws_utf8_impl = WS_UTF8_IMPL_BASE;
 
 /* Whether this processor (and build) can run scanner ``impl``. */
@@ -136,6 +143,10 @@ static inline int ws_utf8_supported(int impl)
     case WS_UTF8_IMPL_AVX2:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+    case WS_UTF8_IMPL_AVX512:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
 #endif
     default:
         return 0;
@@ -156,6 +167,9 @@ static inline int ws_utf8_select(int impl)
 #ifdef WS_UTF8_AVX2
     case WS_UTF8_IMPL_AVX2:
         ws_utf8_scan_impl = ws_utf8_scan_avx2;
+        break;
+    case WS_UTF8_IMPL_AVX512:
+        ws_utf8_scan_impl = ws_utf8_scan_avx512;
         break;
 #endif
     default:
@@ -335,14 +349,32 @@ __attribute__((target("bmi2"))) WS_UNUSED static size_t ws_utf8_scan_bmi2(uint64
 #define WS_TWO_CONTS (1 << 7)      /* 10______ 10______ */
 #define WS_CARRY (WS_TOO_SHORT | WS_TOO_LONG | WS_TWO_CONTS)
 
-#define WS_UTF8_CHUNK 32
 #define WS_UTF8_REGION 1024 /* bytes checked before the automaton takes over again */
 
-#define WS_TABLE16(a, b, c, d, e, f, g, h, i, j, k, l, m, n_, o, q) \
-    _mm256_setr_epi8((char)(a), (char)(b), (char)(c), (char)(d), (char)(e), (char)(f), (char)(g), (char)(h), \
-                     (char)(i), (char)(j), (char)(k), (char)(l), (char)(m), (char)(n_), (char)(o), (char)(q), \
-                     (char)(a), (char)(b), (char)(c), (char)(d), (char)(e), (char)(f), (char)(g), (char)(h), \
-                     (char)(i), (char)(j), (char)(k), (char)(l), (char)(m), (char)(n_), (char)(o), (char)(q))
+/* The three lookup tables of the algorithm, indexed by a nibble: the high nibble of the previous
+ * byte, its low nibble, the high nibble of the byte. Each vector width broadcasts them to its
+ * 16-byte lanes. */
+static const unsigned char ws_utf8_byte_1_high[16] = {
+    WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG,
+    WS_TWO_CONTS, WS_TWO_CONTS, WS_TWO_CONTS, WS_TWO_CONTS,
+    WS_TOO_SHORT | WS_OVERLONG_2, WS_TOO_SHORT, WS_TOO_SHORT | WS_OVERLONG_3 | WS_SURROGATE,
+    WS_TOO_SHORT | WS_TOO_LARGE | WS_TOO_LARGE_1000 | WS_OVERLONG_4};
+static const unsigned char ws_utf8_byte_1_low[16] = {
+    WS_CARRY | WS_OVERLONG_3 | WS_OVERLONG_2 | WS_OVERLONG_4, WS_CARRY | WS_OVERLONG_2, WS_CARRY, WS_CARRY,
+    WS_CARRY | WS_TOO_LARGE, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+    WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+    WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+    WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
+    WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000 | WS_SURROGATE,
+    WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000};
+static const unsigned char ws_utf8_byte_2_high[16] = {
+    WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT,
+    WS_TOO_SHORT,
+    WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_OVERLONG_3 | WS_TOO_LARGE_1000 | WS_OVERLONG_4,
+    WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_OVERLONG_3 | WS_TOO_LARGE,
+    WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_SURROGATE | WS_TOO_LARGE,
+    WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_SURROGATE | WS_TOO_LARGE,
+    WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT};
 
 /* The error bits of every byte of ``input`` given the 32 bytes before it (zero: ASCII). */
 __attribute__((target("avx2"))) static inline __m256i ws_utf8_chunk_errors(__m256i input, __m256i previous)
@@ -355,29 +387,13 @@ __attribute__((target("avx2"))) static inline __m256i ws_utf8_chunk_errors(__m25
     __m256i prev3 = _mm256_alignr_epi8(input, joined, 13);
 
     __m256i byte_1_high = _mm256_shuffle_epi8(
-        WS_TABLE16(WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG, WS_TOO_LONG,
-                   WS_TOO_LONG, WS_TWO_CONTS, WS_TWO_CONTS, WS_TWO_CONTS, WS_TWO_CONTS,
-                   WS_TOO_SHORT | WS_OVERLONG_2, WS_TOO_SHORT, WS_TOO_SHORT | WS_OVERLONG_3 | WS_SURROGATE,
-                   WS_TOO_SHORT | WS_TOO_LARGE | WS_TOO_LARGE_1000 | WS_OVERLONG_4),
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)ws_utf8_byte_1_high)),
         _mm256_and_si256(_mm256_srli_epi16(prev1, 4), low_nibble));
     __m256i byte_1_low = _mm256_shuffle_epi8(
-        WS_TABLE16(WS_CARRY | WS_OVERLONG_3 | WS_OVERLONG_2 | WS_OVERLONG_4, WS_CARRY | WS_OVERLONG_2, WS_CARRY,
-                   WS_CARRY, WS_CARRY | WS_TOO_LARGE, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
-                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
-                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
-                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
-                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000,
-                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000 | WS_SURROGATE,
-                   WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000, WS_CARRY | WS_TOO_LARGE | WS_TOO_LARGE_1000),
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)ws_utf8_byte_1_low)),
         _mm256_and_si256(prev1, low_nibble));
     __m256i byte_2_high = _mm256_shuffle_epi8(
-        WS_TABLE16(WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT,
-                   WS_TOO_SHORT, WS_TOO_SHORT,
-                   WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_OVERLONG_3 | WS_TOO_LARGE_1000 | WS_OVERLONG_4,
-                   WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_OVERLONG_3 | WS_TOO_LARGE,
-                   WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_SURROGATE | WS_TOO_LARGE,
-                   WS_TOO_LONG | WS_OVERLONG_2 | WS_TWO_CONTS | WS_SURROGATE | WS_TOO_LARGE,
-                   WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT, WS_TOO_SHORT),
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)ws_utf8_byte_2_high)),
         _mm256_and_si256(_mm256_srli_epi16(input, 4), low_nibble));
     __m256i special = _mm256_and_si256(_mm256_and_si256(byte_1_high, byte_1_low), byte_2_high);
 
@@ -386,6 +402,35 @@ __attribute__((target("avx2"))) static inline __m256i ws_utf8_chunk_errors(__m25
     __m256i fourth = _mm256_subs_epu8(prev3, _mm256_set1_epi8((char)(0xF0 - 0x80)));
     __m256i due = _mm256_and_si256(_mm256_or_si256(third, fourth), _mm256_set1_epi8((char)0x80));
     return _mm256_xor_si256(due, special);
+}
+
+/* The same for 64 bytes, with the 64 bytes before it (AVX-512BW: the lookups work per 16-byte
+ * lane as AVX2's, only the shift across lanes differs). */
+__attribute__((target("avx512f,avx512bw"))) static inline __m512i ws_utf8_chunk_errors_512(__m512i input,
+                                                                                          __m512i previous)
+{
+    const __m512i low_nibble = _mm512_set1_epi8(0x0F);
+    /* Each 16-byte lane of ``joined`` holds the 16 bytes before the same lane of ``input``. */
+    __m512i joined = _mm512_alignr_epi64(input, previous, 6);
+    __m512i prev1 = _mm512_alignr_epi8(input, joined, 15);
+    __m512i prev2 = _mm512_alignr_epi8(input, joined, 14);
+    __m512i prev3 = _mm512_alignr_epi8(input, joined, 13);
+
+    __m512i byte_1_high = _mm512_shuffle_epi8(
+        _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)ws_utf8_byte_1_high)),
+        _mm512_and_si512(_mm512_srli_epi16(prev1, 4), low_nibble));
+    __m512i byte_1_low = _mm512_shuffle_epi8(
+        _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)ws_utf8_byte_1_low)),
+        _mm512_and_si512(prev1, low_nibble));
+    __m512i byte_2_high = _mm512_shuffle_epi8(
+        _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)ws_utf8_byte_2_high)),
+        _mm512_and_si512(_mm512_srli_epi16(input, 4), low_nibble));
+    __m512i special = _mm512_and_si512(_mm512_and_si512(byte_1_high, byte_1_low), byte_2_high);
+
+    __m512i third = _mm512_subs_epu8(prev2, _mm512_set1_epi8((char)(0xE0 - 0x80)));
+    __m512i fourth = _mm512_subs_epu8(prev3, _mm512_set1_epi8((char)(0xF0 - 0x80)));
+    __m512i due = _mm512_and_si512(_mm512_or_si512(third, fourth), _mm512_set1_epi8((char)0x80));
+    return _mm512_xor_si512(due, special);
 }
 
 /* How many bytes the sequence that ``lead`` starts takes (1 for ASCII and stray bytes). */
@@ -400,28 +445,10 @@ static inline size_t ws_utf8_sequence_length(unsigned char lead)
     return 4;
 }
 
-/* Check p[start:end) (whole chunks, starting on a sequence boundary); return the end of the
- * last complete sequence in it, or start - 1 (never a valid index) when something is wrong. */
-__attribute__((target("avx2"))) static inline size_t ws_utf8_region_avx2(const unsigned char *p, size_t start,
-                                                                        size_t end)
+/* The end of the last sequence of p[..end) that is complete (a region found free of errors may
+ * stop inside a sequence that goes on past ``end``: the automaton takes that one). */
+static inline size_t ws_utf8_complete_end(const unsigned char *p, size_t end)
 {
-    __m256i previous = _mm256_setzero_si256();
-    __m256i errors = _mm256_setzero_si256();
-    for (size_t i = start; i < end; i += WS_UTF8_CHUNK) {
-        __m256i input = _mm256_loadu_si256((const __m256i *)(p + i));
-        if (_mm256_movemask_epi8(input) == 0) {
-            /* ASCII: only a sequence cut short by it can be wrong, and the check sees that
-             * (an ASCII byte where a continuation is due). The previous chunk matters. */
-            if (_mm256_movemask_epi8(previous) != 0)
-                errors = _mm256_or_si256(errors, ws_utf8_chunk_errors(input, previous));
-        } else {
-            errors = _mm256_or_si256(errors, ws_utf8_chunk_errors(input, previous));
-        }
-        previous = input;
-    }
-    if (!_mm256_testz_si256(errors, errors))
-        return start - 1;
-    /* The last sequence may go on past ``end``: stop before it, the automaton takes it. */
     for (size_t k = 1; k <= 3; k++) {
         unsigned char byte = p[end - k];
         if (!ws_utf8_continuation(byte))
@@ -430,17 +457,84 @@ __attribute__((target("avx2"))) static inline size_t ws_utf8_region_avx2(const u
     return end;
 }
 
-/* The AVX2 scanner: regions of whole chunks go through ws_utf8_region_avx2 whenever the
- * automaton is between sequences; short tails, sequences split by a call boundary and any
- * region with an error go through the automaton, which reports the exact index. */
-__attribute__((target("avx2,bmi2"))) WS_UNUSED static size_t ws_utf8_scan_avx2(uint64_t *state,
-                                                                                 const unsigned char *p, size_t n)
+/* Check p[start:end) (whole 32-byte chunks, starting on a sequence boundary); return the end of
+ * the last complete sequence in it, or start - 1 (never a valid index) when something is wrong. */
+__attribute__((target("avx2"))) static inline size_t ws_utf8_region_avx2(const unsigned char *p, size_t start,
+                                                                        size_t end)
+{
+    __m256i previous = _mm256_setzero_si256();
+    __m256i errors = _mm256_setzero_si256();
+    for (size_t i = start; i < end; i += 32) {
+        __m256i input = _mm256_loadu_si256((const __m256i *)(p + i));
+        /* An ASCII chunk can only be wrong by cutting short a sequence of the chunk before. */
+        if (_mm256_movemask_epi8(input) != 0 || _mm256_movemask_epi8(previous) != 0)
+            errors = _mm256_or_si256(errors, ws_utf8_chunk_errors(input, previous));
+        previous = input;
+    }
+    if (!_mm256_testz_si256(errors, errors))
+        return start - 1;
+    return ws_utf8_complete_end(p, end);
+}
+
+/* ws_utf8_region_avx2 with 64-byte chunks. */
+__attribute__((target("avx512f,avx512bw"))) static inline size_t ws_utf8_region_avx512(const unsigned char *p,
+                                                                                      size_t start, size_t end)
+{
+    __m512i previous = _mm512_setzero_si512();
+    __m512i errors = _mm512_setzero_si512();
+    for (size_t i = start; i < end; i += 64) {
+        __m512i input = _mm512_loadu_si512((const void *)(p + i));
+        if (_mm512_movepi8_mask(input) != 0 || _mm512_movepi8_mask(previous) != 0)
+            errors = _mm512_or_si512(errors, ws_utf8_chunk_errors_512(input, previous));
+        previous = input;
+    }
+    if (_mm512_test_epi8_mask(errors, errors) != 0)
+        return start - 1;
+    return ws_utf8_complete_end(p, end);
+}
+
+/* Skip ASCII from ``i``, 64 bytes per step (AVX2) or 128 (AVX-512): the index of the first
+ * block with a byte above 0x7F, or where fewer than a block's bytes are left. */
+__attribute__((target("avx2"))) static inline size_t ws_utf8_ascii_avx2(const unsigned char *p, size_t i,
+                                                                       size_t n)
+{
+    while (n - i >= 64) {
+        __m256i low = _mm256_loadu_si256((const __m256i *)(p + i));
+        __m256i high = _mm256_loadu_si256((const __m256i *)(p + i + 32));
+        if (_mm256_movemask_epi8(_mm256_or_si256(low, high)) != 0)
+            break;
+        i += 64;
+    }
+    return i;
+}
+
+__attribute__((target("avx512f,avx512bw"))) static inline size_t ws_utf8_ascii_avx512(const unsigned char *p,
+                                                                                     size_t i, size_t n)
+{
+    while (n - i >= 128) {
+        __m512i low = _mm512_loadu_si512((const void *)(p + i));
+        __m512i high = _mm512_loadu_si512((const void *)(p + i + 64));
+        if (_mm512_movepi8_mask(_mm512_or_si512(low, high)) != 0)
+            break;
+        i += 128;
+    }
+    return i;
+}
+
+/* The SIMD scanners, given their vector width (``chunk`` bytes), ASCII skip and region check:
+ * regions of whole chunks go through ``region`` whenever the automaton is between sequences;
+ * short tails, sequences split by a call boundary and any region with an error go through the
+ * automaton, which reports the exact index. Inlined into each scanner with its functions. */
+static inline WS_ALWAYS_INLINE size_t ws_utf8_scan_simd(uint64_t *state, const unsigned char *p, size_t n,
+                                                        size_t chunk,
+                                                        size_t (*ascii)(const unsigned char *, size_t, size_t),
+                                                        size_t (*region)(const unsigned char *, size_t, size_t))
 {
     uint64_t s = *state;
     size_t i = 0;
     if (ws_utf8_rejected(s))
         return 0;
-    while (n - i >= 2 * WS_UTF8_CHUNK) {
+    while (n - i >= 2 * chunk) {
         if (!ws_utf8_accepting(s)) {
             /* A sequence began before: at most 3 bytes finish it. */
             i = ws_utf8_run(&s, p, i, i + 3);
@@ -452,19 +546,12 @@ __attribute__((target("avx2,bmi2"))) WS_UNUSED static size_t ws_utf8_scan_avx2(u
             }
             continue;
         }
-        /* ASCII between sequences: 64 bytes per step, as fast as memory gives them. */
-        while (n - i >= 2 * WS_UTF8_CHUNK) {
-            __m256i low = _mm256_loadu_si256((const __m256i *)(p + i));
-            __m256i high = _mm256_loadu_si256((const __m256i *)(p + i + WS_UTF8_CHUNK));
-            if (_mm256_movemask_epi8(_mm256_or_si256(low, high)) != 0)
-                break;
-            i += 2 * WS_UTF8_CHUNK;
-        }
-        if (n - i < 2 * WS_UTF8_CHUNK)
+        i = ascii(p, i, n);
+        if (n - i < 2 * chunk)
             break;
         size_t length = n - i < WS_UTF8_REGION ? n - i : WS_UTF8_REGION;
-        size_t end = i + length - length % WS_UTF8_CHUNK;
-        size_t checked = ws_utf8_region_avx2(p, i, end);
+        size_t end = i + length - length % chunk;
+        size_t checked = region(p, i, end);
         if (checked + 1 == i) {
             /* Something is wrong in p[i:end): the automaton finds where. */
             i = ws_utf8_run(&s, p, i, end);
@@ -480,6 +567,18 @@ __attribute__((target("avx2,bmi2"))) WS_UNUSED static size_t ws_utf8_scan_avx2(u
     if (i == n)
         return n;
     return i + ws_utf8_scan_bmi2(state, p + i, n - i);
+}
+
+__attribute__((target("avx2,bmi2"))) WS_UNUSED static size_t ws_utf8_scan_avx2(uint64_t *state,
+                                                                                 const unsigned char *p, size_t n)
+{
+    return ws_utf8_scan_simd(state, p, n, 32, ws_utf8_ascii_avx2, ws_utf8_region_avx2);
+}
+
+__attribute__((target("avx512f,avx512bw,avx2,bmi2"))) WS_UNUSED static size_t ws_utf8_scan_avx512(
+    uint64_t *state, const unsigned char *p, size_t n)
+{
+    return ws_utf8_scan_simd(state, p, n, 64, ws_utf8_ascii_avx512, ws_utf8_region_avx512);
 }
 #endif
 

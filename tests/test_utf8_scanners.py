@@ -1,10 +1,11 @@
 """Every compiled UTF-8 scanner against the codec and the pure-Python twin.
 
 The compiled core picks the fastest scanner the processor runs (``base``, ``bmi2`` on x86-64,
-``avx2`` with the Keiser-Lemire lookup algorithm); the rest of the suite tests that one. Here
-each is switched in by turn (``_speedups_utf8.use``) and must give the same answers, indexes
-included, on inputs long enough to reach its vector path: every byte pair and the awkward
-3- and 4-byte sequences at every offset of a 32-byte chunk, random damage, and streams cut at
+``avx2`` and ``avx512`` with the Keiser-Lemire lookup algorithm on 32- and 64-byte vectors); the
+rest of the suite tests that one. Here each is switched in by turn (``_speedups_utf8.use``) and
+must give the same answers, indexes included, on inputs long enough to reach its vector path:
+every byte pair and the awkward 3- and 4-byte sequences at every offset of a 64-byte chunk
+(so across every 16-byte lane of either width), random damage, and streams cut at
 random places. The guard-page probe and the AddressSanitizer batch of test_memory_safety.py
 run every scanner too.
 """
@@ -19,7 +20,7 @@ from ws4redis.pure import utf8 as pure_utf8
 
 pytestmark = pytest.mark.once  # the same in both suite runs: tests/run.py runs it once
 
-SCANNERS = ("base", "bmi2", "avx2")
+SCANNERS = ("base", "bmi2", "avx2", "avx512")
 CONTEXTS = (b"", b"a" * 70, "ж".encode() * 45, "中".encode() * 30, "😀".encode() * 25)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                              HealthCheck.function_scoped_fixture])
@@ -60,11 +61,11 @@ def sequences() -> list[bytes]:
 
 
 def test_every_sequence_at_every_chunk_offset(utf8):
-    """About 80,000 sequences, each placed at 32 offsets between long runs of 2-byte text."""
+    """About 80,000 sequences, each placed at 64 offsets between long runs of 2-byte text."""
     before = "й".encode() * 40
     mismatches = []
     for index, sequence in enumerate(sequences()):
-        offset = index % 32
+        offset = index % 64
         data = b"a" * offset + before + sequence + before
         if utf8.Utf8Validator().validate(data) != model(data) or \
                 utf8.validate_utf8(data) is not model(data)[1]:

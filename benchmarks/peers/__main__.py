@@ -7,11 +7,17 @@
 Starts a private redis-server, ws4redis' gevent server (``python -m ws4redis serve``) and each
 peer of this package on free ports, then runs ``ws4redis-bench --compare`` flat out and paced
 (interleaved rounds, medians), and prints both tables. Every server is stopped at the end.
+
+The peers: ``websockets`` (websockets + redis.asyncio, written by hand), ``bun`` (Bun.serve, i.e.
+uWebSockets, with Bun's Redis client; installed from npm into benchmarks/peers/bun on first use,
+left out with the reason when npm cannot get it) and ``send_floor`` (one blocking ``os.write``
+per delivery: what the kernel charges).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -23,21 +29,50 @@ from benchmarks.e2e_servers import private_redis, running
 from ws4redis.embedded_redis import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-PEERS = ("websockets_server", "send_floor")
+BUN_DIR = Path(__file__).resolve().parent / "bun"
 PATH = "/ws/peers?subscribe-broadcast"
 DELIVERIES_PER_SECOND = 20_000  # the paced run's offered load
 
 
+def bun() -> Path:
+    """Bun from npm (benchmarks/peers/bun/package.json), installed there on first use.
+
+    Raises RuntimeError with the reason when it cannot be had (no npm, no registry).
+    """
+    binary = BUN_DIR / "node_modules" / ".bin" / "bun"
+    if not binary.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is not installed")
+        result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(BUN_DIR)],
+                                capture_output=True, text=True, timeout=600)
+        if result.returncode != 0 or not binary.exists():
+            raise RuntimeError(f"npm install bun failed: {(result.stderr or result.stdout).strip()[-500:]}")
+    return binary
+
+
+def peer_commands() -> dict[str, list[str]]:
+    """Each peer's command line (PORT and REDIS_URL follow), the ones that cannot run left out, said why."""
+    commands = {
+        "websockets": [sys.executable, "-m", "benchmarks.peers.websockets_server"],
+        "send_floor": [sys.executable, "-m", "benchmarks.peers.send_floor"],
+    }
+    try:
+        commands["bun"] = [str(bun()), str(BUN_DIR / "server.js")]
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"benchmarks.peers: the Bun peer is left out: {exc}", file=sys.stderr, flush=True)
+    return commands
+
+
 @contextmanager
-def peer(module: str, redis_url: str) -> Iterator[tuple[str, int]]:
-    """Start ``benchmarks.peers.<module>`` on a free port; yield its URL and pid once it listens."""
+def peer(name: str, command: list[str], redis_url: str) -> Iterator[tuple[str, int]]:
+    """Start a peer on a free port; yield its URL and pid once it says it listens."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", f"benchmarks.peers.{module}", str(port), redis_url],
-                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([*command, str(port), redis_url], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
         if not line.startswith("listening"):
-            raise RuntimeError(f"{module} did not start (exit {process.poll()})")
+            raise RuntimeError(f"{name} did not start (exit {process.poll()})")
         yield f"ws://127.0.0.1:{port}{PATH}", process.pid
     finally:
         stop_process(process)
@@ -65,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         redis_server = stack.enter_context(private_redis())
         ours = stack.enter_context(running("gevent", redis_server.url))
         targets = [f"ws4redis={ours.url(PATH)}@{ours.process.pid}"]
-        for module in PEERS:
-            url, pid = stack.enter_context(peer(module, redis_server.url))
-            targets.append(f"{module.removesuffix('_server')}={url}@{pid}")
+        for name, command in peer_commands().items():
+            url, pid = stack.enter_context(peer(name, command, redis_server.url))
+            targets.append(f"{name}={url}@{pid}")
         time.sleep(0.5)
         for name, messages, rate in (("flat", flat, 0.0), ("paced", paced, DELIVERIES_PER_SECOND / clients)):
             print(f"\n{name}:", flush=True)
