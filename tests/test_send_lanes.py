@@ -56,7 +56,8 @@ def test_a_broadcast_goes_out_through_the_lanes_in_order(server):
     expected = [f"lane {n}" for n in range(messages)]
     before = scrape(server)
     with ExitStack() as stack:
-        clients = [stack.enter_context(ws(server, "/ws/laned?subscribe-broadcast")) for _ in range(subscribers)]
+        path = "/ws/laned?subscribe-broadcast"
+        clients = [stack.enter_context(ws(server, path)) for _ in range(subscribers)]
         publish("laned", expected)
         for client in clients:
             assert [client.recv(timeout=10) for _ in range(messages)] == expected
