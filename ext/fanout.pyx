@@ -135,6 +135,7 @@ cdef class SendLanes:
     cdef readonly Py_ssize_t cork_bytes
     cdef readonly Py_ssize_t cork_frames
     cdef readonly unsigned long long delivered  # frames queued on lanes, ever
+    cdef readonly unsigned long long sends      # system calls made for them, ever
 
     def __cinit__(self):
         self.lanes = NULL
@@ -143,6 +144,7 @@ cdef class SendLanes:
         self.used = 0
         self.ndirty = 0
         self.delivered = 0
+        self.sends = 0
 
     def __init__(self, Py_ssize_t cork_bytes=constants.LANE_CORK_BYTES,
                  Py_ssize_t cork_frames=constants.LANE_CORK_FRAMES):
@@ -335,6 +337,7 @@ cdef class SendLanes:
         cdef Lane *lane = &self.lanes[i]
         cdef Py_ssize_t done = 0
         cdef size_t rest
+        self.sends += 1
         if sent < 0:
             if error != EAGAIN and error != EWOULDBLOCK:
                 lane.error = error

@@ -7,13 +7,17 @@ the directory on PYTHONPATH, never the checkout: cibuildwheel runs it against ea
 builds, and tests/test_compilers.py against builds made with other compilers. A seeded batch of
 random text, bytes and frames goes through masking, every UTF-8 scanner the processor runs, the
 incremental validator (split at a random point), frame encoding and parsing (in random steps),
-compiled and pure; any difference fails with the input. Prints a JSON summary.
+compiled and pure; any difference fails with the input. On POSIX the fan-out's send lanes,
+compiled and pure, write the same seeded deliveries to socket pairs, and their peers must read
+the same bytes. Prints a JSON summary.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import sys
 
 from ws4redis import _speedups_frames as cframes
@@ -92,6 +96,40 @@ def check_frames(data: bytes, rng: random.Random) -> None:
     assert parse(cframes, stream, steps, **options) == parse(pframes, stream, steps, **options), stream
 
 
+def fan_out(module, frames: list[bytes], groups: list[list[int]]) -> list[bytes]:
+    """What the peers of three lanes of ``module`` read after ``frames`` went to ``groups`` of them."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        lanes = module.SendLanes(4096, 8)
+        ids = [lanes.open(ours.fileno(), index) for index, (ours, _) in enumerate(pairs)]
+        for lane in ids:
+            lanes.resume(lane)
+        for frame, group in zip(frames, groups, strict=True):
+            assert list(lanes.deliver(frame, lanes.audience([ids[index] for index in group]))) == []
+        lanes.flush()
+        assert lanes.pop_spilled() == []
+        received = []
+        for ours, peer in pairs:
+            ours.close()
+            received.append(b"".join(iter(lambda peer=peer: peer.recv(1 << 16), b"")))
+        return received
+    finally:
+        for ours, peer in pairs:
+            ours.close()
+            peer.close()
+
+
+def check_fanout(rng: random.Random) -> None:
+    from ws4redis import _speedups_fanout as cfanout
+    from ws4redis.server import lanes as pfanout
+
+    frames = [sample(rng)[:2000] for _ in range(20)]
+    groups = [rng.sample(range(3), rng.randint(0, 3)) for _ in frames]
+    expected = [b"".join(frame for frame, group in zip(frames, groups, strict=True) if index in group)
+                for index in range(3)]
+    assert fan_out(cfanout, frames, groups) == fan_out(pfanout, frames, groups) == expected
+
+
 def main(rounds: int) -> dict:
     assert speedups.COMPILED, "the compiled core is not in use"
     rng = random.Random(20261206)
@@ -100,7 +138,10 @@ def main(rounds: int) -> dict:
         check_utf8(data, rng)
         check_mask(data, rng)
         check_frames(data, rng)
-    return {"rounds": rounds, "scanners": cutf8.implementations()}
+    if os.name == "posix":
+        for _ in range(max(1, rounds // 30)):
+            check_fanout(rng)
+    return {"rounds": rounds, "scanners": cutf8.implementations(), "lanes": os.name == "posix"}
 
 
 if __name__ == "__main__":

@@ -250,6 +250,7 @@ class Hub:
             "hub_connected": {"": float(self.connected)},
             "pubsub_connections": {"": sum(link.connected for link in self.router.links)},
             "lane_deliveries": {"": self.lanes.delivered},
+            "lane_sends": {"": self.lanes.sends},
         }
 
     @property

@@ -294,6 +294,9 @@ GAUGES = {
     "lane_deliveries": ("ws4redis_lane_deliveries", None,
                         "Of the deliveries, those written by the fan-out's send lanes, since the "
                         "workers started."),
+    "lane_sends": ("ws4redis_lane_sends", None,
+                   "System calls the send lanes made to write them (deliveries per send: how well a "
+                   "burst was batched), since the workers started."),
 }
 
 

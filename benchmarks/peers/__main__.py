@@ -3,6 +3,8 @@
     python -m benchmarks.peers            # a short run: 200 clients
     python -m benchmarks.peers --full     # the README's: 1,000 clients, 1,000 messages flat out,
                                           # 200 paced at 20,000 deliveries/s, 3 rounds
+    python -m benchmarks.peers --baseline DIR   # also a ws4redis checkout at DIR (built in place,
+                                                # say a previous commit's worktree), as "baseline"
 
 Starts a private redis-server, ws4redis' gevent server (``python -m ws4redis serve``) and each
 peer of this package on free ports, then runs ``ws4redis-bench --compare`` flat out and paced
@@ -26,6 +28,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from benchmarks.e2e_servers import private_redis, running
+from tests.servers import ServerProcess, Site, serving
 from ws4redis.embedded_redis import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -65,6 +68,21 @@ def peer_commands() -> dict[str, list[str]]:
 
 
 @contextmanager
+def baseline(checkout: Path, redis_url: str) -> Iterator[ServerProcess]:
+    """The gevent server of the ws4redis checkout at ``checkout``, on the same test project."""
+    port = free_port()
+    launcher = (f"import runpy, sys; sys.path.insert(0, {str(checkout.resolve())!r}); "
+                "runpy.run_module('ws4redis', run_name='__main__', alter_sys=True)")
+    site = Site(redis_url)
+    try:
+        args = [sys.executable, "-c", launcher, "serve", "--bind", f"127.0.0.1:{port}"]
+        with serving(ServerProcess("baseline", args, site, port)) as server:
+            yield server
+    finally:
+        site.cleanup()
+
+
+@contextmanager
 def peer(name: str, command: list[str], redis_url: str) -> Iterator[tuple[str, int]]:
     """Start a peer on a free port; yield its URL and pid once it says it listens."""
     port = free_port()
@@ -92,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="1,000 clients and the README's message counts")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default: 3 with --full, else 1)")
     parser.add_argument("--plot", help="draw each table's runs into FILE-flat.png and FILE-paced.png")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also run the gevent server of the ws4redis checkout at DIR (built in place)")
+    parser.add_argument("--only", help="comma-separated targets to keep (ws4redis, baseline, websockets, bun, "
+                                       "send_floor)")
     args = parser.parse_args(argv)
     clients, flat, paced = (1000, 1000, 200) if args.full else (200, 200, 100)
     rounds = args.rounds or (3 if args.full else 1)
@@ -100,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         redis_server = stack.enter_context(private_redis())
         ours = stack.enter_context(running("gevent", redis_server.url))
         targets = [f"ws4redis={ours.url(PATH)}@{ours.process.pid}"]
+        if args.baseline is not None:
+            before = stack.enter_context(baseline(args.baseline, redis_server.url))
+            targets.append(f"baseline={before.url(PATH)}@{before.process.pid}")
         for name, command in peer_commands().items():
-            url, pid = stack.enter_context(peer(name, command, redis_server.url))
-            targets.append(f"{name}={url}@{pid}")
+            if args.only is None or name in args.only.split(","):
+                url, pid = stack.enter_context(peer(name, command, redis_server.url))
+                targets.append(f"{name}={url}@{pid}")
         time.sleep(0.5)
         for name, messages, rate in (("flat", flat, 0.0), ("paced", paced, DELIVERIES_PER_SECOND / clients)):
             print(f"\n{name}:", flush=True)

@@ -70,6 +70,7 @@ class SendLanes:
         self._dirty: list[int] = []
         self.spilled: list[Any] = []
         self.delivered = 0  # frames queued on lanes, ever
+        self.sends = 0  # system calls made for them, ever
 
     # --- lanes ------------------------------------------------------------
 
@@ -192,6 +193,7 @@ class SendLanes:
         """One non-blocking send of the lane's frames; what the socket did not take spills."""
         lane = self._lanes[index]
         frames = lane.frames
+        self.sends += 1
         try:
             sent = os.writev(lane.fd, frames)
         except OSError as exc:
