@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", help="draw each table's runs into FILE-flat.png and FILE-paced.png")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
                         help="also run the gevent server of the ws4redis checkout at DIR (built in place)")
-    parser.add_argument("--only", help="comma-separated peers to run (websockets, bun, send_floor; default all)")
+    parser.add_argument("--only", metavar="PEERS",
+                        help="comma-separated peers to run (websockets, bun, send_floor; all by default)")
     args = parser.parse_args(argv)
     clients, flat, paced = (1000, 1000, 200) if args.full else (200, 200, 100)
     rounds = args.rounds or (3 if args.full else 1)
