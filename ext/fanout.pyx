@@ -264,6 +264,8 @@ cdef class SendLanes:
         from here (SLOW or SPILLED), which the caller delivers to itself, in ``group``'s order."""
         cdef Py_ssize_t k, i
         cdef Lane *lane
+        cdef ssize_t sent
+        cdef int error
         cdef list slow = None
         cdef char *data = PyBytes_AS_STRING(frame)
         cdef size_t size = <size_t>PyBytes_GET_SIZE(frame)
@@ -293,7 +295,9 @@ cdef class SendLanes:
                 self.dirty[self.ndirty] = <int>i
                 self.ndirty += 1
             if lane.count >= self.cork_frames or lane.pending >= <size_t>self.cork_bytes:
-                self._settle(i, send_lane(lane), errno)
+                sent = send_lane(lane)
+                error = errno  # read after the send: C leaves the order of a call's arguments open
+                self._settle(i, sent, error)
         return () if slow is None else slow
 
     def flush(self):
