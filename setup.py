@@ -66,6 +66,7 @@ def extensions() -> list[Extension]:
         return []
     try:
         from Cython.Build import cythonize
+        from Cython.Compiler.Errors import CompileError
     except ImportError:
         sys.stderr.write("*** WARNING: Cython is not installed; building ws4redis without speedups.\n")
         return []
@@ -81,17 +82,26 @@ def extensions() -> list[Extension]:
         )
         for name in EXTENSIONS + (POSIX_EXTENSIONS if os.name == "posix" else [])
     ]
-    return cythonize(
-        modules,
-        include_path=["ext"],
-        language_level=3,
-        compiler_directives={
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "initializedcheck": False,
-        },
-    )
+    # One module at a time: a Cython that cannot translate one of them (a future release, say)
+    # costs that module, with a warning, and never the install.
+    translated = []
+    for module in modules:
+        try:
+            translated += cythonize(
+                [module],
+                include_path=["ext"],
+                language_level=3,
+                compiler_directives={
+                    "boundscheck": False,
+                    "wraparound": False,
+                    "cdivision": True,
+                    "initializedcheck": False,
+                },
+            )
+        except CompileError as exc:
+            sys.stderr.write(f"\n*** WARNING: Cython could not translate {module.sources[0]} ({exc}); "
+                             "ws4redis is built without it and uses the pure-Python twin.\n\n")
+    return translated
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

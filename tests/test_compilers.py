@@ -74,6 +74,28 @@ def test_the_clang_build_compiles_cleanly_and_matches_the_pure_twin(tmp_path):
     assert "base" in report["scanners"]
 
 
+def test_a_module_cython_cannot_translate_costs_that_module_only(tmp_path):
+    """A Cython that rejects one .pyx (a future release, say): the build warns and goes on."""
+    copy_sources(tmp_path)
+    with (tmp_path / "ext" / "fanout.pyx").open("a") as source:
+        source.write("\ncdef this is not Cython\n")
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace", "--force"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=600, env={**os.environ, "WS4REDIS_NO_EXTENSIONS": ""},
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert "Cython could not translate ext/fanout.pyx" in build.stderr
+    built = sorted(path.name.split(".")[0] for path in (tmp_path / "ws4redis").glob("_speedups_*.so"))
+    assert built == ["_speedups_frames", "_speedups_mask", "_speedups_utf8"]
+    probe = ("import ws4redis.speedups as s, ws4redis.server.fanout as f; "
+             "print(s.COMPILED, f.COMPILED, f.SendLanes.__module__)")
+    # -S: no site-packages, so that an editable install of the checkout cannot lend its own module.
+    used = subprocess.run([sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert used.stdout.split() == ["True", "False", "ws4redis.server.lanes"], used.stderr
+    assert "compiled send lanes are unavailable" in used.stderr
+
+
 def test_without_a_working_compiler_pip_installs_the_pure_core_and_says_so(tmp_path):
     """A machine whose C compiler fails: the wheel still builds, warns, and runs on the pure core."""
     copy_sources(tmp_path / "src")
