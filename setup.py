@@ -82,22 +82,14 @@ def extensions() -> list[Extension]:
         )
         for name in EXTENSIONS + (POSIX_EXTENSIONS if os.name == "posix" else [])
     ]
+    directives = {"boundscheck": False, "wraparound": False, "cdivision": True, "initializedcheck": False}
     # One module at a time: a Cython that cannot translate one of them (a future release, say)
     # costs that module, with a warning, and never the install.
     translated = []
     for module in modules:
         try:
-            translated += cythonize(
-                [module],
-                include_path=["ext"],
-                language_level=3,
-                compiler_directives={
-                    "boundscheck": False,
-                    "wraparound": False,
-                    "cdivision": True,
-                    "initializedcheck": False,
-                },
-            )
+            translated += cythonize([module], include_path=["ext"], language_level=3,
+                                    compiler_directives=directives)
         except CompileError as exc:
             sys.stderr.write(f"\n*** WARNING: Cython could not translate {module.sources[0]} ({exc}); "
                              "ws4redis is built without it and uses the pure-Python twin.\n\n")

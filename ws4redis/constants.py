@@ -114,7 +114,7 @@ DEFAULT_PING_INTERVAL = 20.0  # seconds between server pings; None in settings t
 DEFAULT_PING_TIMEOUT = 20.0  # seconds to wait for the pong before the peer counts as gone
 DEFAULT_SEND_QUEUE_BYTES = 1 << 20  # bytes queued for one slow client before it is dropped
 DEFAULT_SEND_QUEUE_MESSAGES = 1000  # messages queued for one slow client before it is dropped
-# The fan-out's send lanes (ws4redis.fanout): a socket's pending frames are written before the end of
+# The fan-out's send lanes (ws4redis.server.fanout): a socket's pending frames are written before the end of
 # the batch once they reach either cork size; one send takes at most LANE_MAX_FRAMES (Linux's IOV_MAX).
 LANE_CORK_BYTES = 16 * 1024
 LANE_CORK_FRAMES = 256

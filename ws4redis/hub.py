@@ -210,7 +210,7 @@ class Hub:
             self.client = client if client is not None else HubRedis(
                 connection_pool=cooperative_pool(get_connection_pool()))
             self.router = ChannelRouter(self, make_connection or hub_connection_factory(self.name))
-        # The sockets written by the fan-out loop itself (ws4redis.fanout): one lane per websocket.
+        # The sockets written by the fan-out loop itself (ws4redis.server.fanout): a lane per websocket.
         self.lanes = SendLanes()
         self._listeners: dict[bytes, dict[Listener, None]] = {}
         self._pattern_listeners: dict[bytes, dict[Listener, None]] = {}

@@ -47,6 +47,7 @@ from ws4redis.redis_store import PublishPlan, RedisMessage, pooled_connection
 from ws4redis.server import journal
 from ws4redis.server.accept import BROKER_UNREACHABLE, SERVER_STOPPING, Accepted, Rejected
 from ws4redis.server.interfaces import ConnectionHost, PublishListener
+from ws4redis.server.lanes import whole_frames
 from ws4redis.server.rules import Due, EchoFilter, Inbound, Keepalive, inbound, publish_failure
 
 __all__ = ["ConnectionSet", "PublishBatcher", "WebSocketConnection", "prepare_connection"]
@@ -318,19 +319,25 @@ class WebSocketConnection:
             self._lanes.resume(self.lane)
             self._on_lane = True
 
-    def _leave_lane(self) -> bool:
-        """Take the socket back from the lane: its unwritten frames go first in the queue and are
-        written at once. False (and the connection aborted) when the lane's last write failed."""
+    def _take_lane(self) -> int:
+        """Take the socket back from the lane, its unwritten frames first in the (empty) queue; the
+        errno of the lane's last write, 0 when it did not fail."""
         self._on_lane = False
         frames, offset, error = self._lanes.take(self.lane)
         if frames:
             self._queue[:0] = frames
             self._offset = offset
             self._queued_bytes += sum(map(len, frames)) - offset
+        return error
+
+    def _leave_lane(self) -> bool:
+        """Take the socket back and write what the lane held at once; False (and the connection
+        aborted) when the lane's last write failed."""
+        error = self._take_lane()
         if error:
             self._abort(f"write failed: {os.strerror(error)}")
             return False
-        if frames and not self._blocked:
+        if self._queue and not self._blocked:
             self._write()
         return True
 
@@ -371,13 +378,7 @@ class WebSocketConnection:
             self._abort(f"write failed: {exc}")
             return
         self._queued_bytes -= sent
-        offset += sent
-        done = 0
-        for frame in queue:
-            if offset < len(frame):
-                break
-            offset -= len(frame)
-            done += 1
+        done, offset = whole_frames(queue, offset + sent)
         # Two additions per write; the process's totals add these up (finish() and a scrape's gauges).
         self.frames_out += done
         self.bytes_out += sent
@@ -438,8 +439,7 @@ class WebSocketConnection:
         logger.debug("ws4redis: websocket of %s aborted: %s", self.peer, reason)
         was_setup = self._phase == SETUP
         if self._on_lane:
-            self._on_lane = False
-            self._queue[:0] = self._lanes.take(self.lane)[0]  # dropped below: the peer is gone
+            self._take_lane()  # what it held is dropped below with the rest: the peer is gone
         self._phase = DONE
         METRICS.dropped("closed", len(self._queue))
         self._queue = []
@@ -803,8 +803,7 @@ class WebSocketConnection:
         """
         self._phase = DONE
         if self._on_lane:
-            self._on_lane = False
-            self._queue[:0] = self._lanes.take(self.lane)[0]  # counted as dropped below
+            self._take_lane()  # what it held is counted as dropped below
         METRICS.dropped("closed", len(self._queue))
         self._queue = []
         self._unpublished = None

@@ -18,10 +18,22 @@ from typing import Any
 
 from ws4redis import constants
 
-__all__ = ["Audience", "SendLanes"]
+__all__ = ["Audience", "SendLanes", "whole_frames"]
 
 FREE, SLOW, FAST, SPILLED = range(4)
 _FULL = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def whole_frames(frames: Iterable[bytes], written: int) -> tuple[int, int]:
+    """How many of ``frames`` the first ``written`` bytes of their concatenation complete, and how
+    many bytes of the next one they hold (the offset to go on from)."""
+    done = 0
+    for frame in frames:
+        if written < len(frame):
+            break
+        written -= len(frame)
+        done += 1
+    return done, written
 
 
 class _Lane:
@@ -202,17 +214,12 @@ class SendLanes:
             sent = 0
         lane.bytes_out += sent
         lane.pending -= sent
-        done = 0
-        for frame in frames:
-            if sent < len(frame):
-                break
-            sent -= len(frame)
-            done += 1
+        done, offset = whole_frames(frames, sent)
         lane.frames_out += done
         if done:
             del frames[:done]
         if frames:
-            lane.head_offset = sent
+            lane.head_offset = offset
             lane.state = SPILLED
             self.spilled.append(self._owners[index])
 
